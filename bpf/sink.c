@@ -1,0 +1,90 @@
+//go:build ignore
+
+// xdpsink: counts every frame per CPU and drops it. Frames that carry UDP to
+// the configured destination port (the generator's) are counted apart, with
+// their smallest and largest length, so tests can assert exact counts and
+// exact frame sizes whatever else the link carries (ND, MLD).
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+// match_port is the UDP destination port of test traffic, host order.
+volatile const __u16 match_port = 9;
+
+struct sink_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 matched_packets;
+	__u64 matched_bytes;
+	__u64 matched_min_len;
+	__u64 matched_max_len;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sink_counters);
+} sink_counts SEC(".maps");
+
+static __always_inline int is_test_udp(void *data, void *end)
+{
+	if (data + 14 > end)
+		return 0;
+	__u16 proto = *(__u16 *)(data + 12);
+	void *l3 = data + 14;
+	if (proto == bpf_htons(ETH_P_8021Q)) {
+		if (l3 + 4 > end)
+			return 0;
+		proto = *(__u16 *)(l3 + 2);
+		l3 += 4;
+	}
+	void *l4;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		if (l3 + 20 > end)
+			return 0;
+		__u8 vihl = *(__u8 *)l3;
+		if ((vihl >> 4) != 4 || *(__u8 *)(l3 + 9) != IPPROTO_UDP)
+			return 0;
+		l4 = l3 + (vihl & 0xf) * 4;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		if (l3 + 40 > end)
+			return 0;
+		if (*(__u8 *)(l3 + 6) != IPPROTO_UDP)
+			return 0;
+		l4 = l3 + 40;
+	} else {
+		return 0;
+	}
+	if (l4 + 8 > end)
+		return 0;
+	return *(__u16 *)(l4 + 2) == bpf_htons(match_port);
+}
+
+SEC("xdp")
+int xdpsink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 key = 0;
+	struct sink_counters *c = bpf_map_lookup_elem(&sink_counts, &key);
+	if (!c)
+		return XDP_DROP;
+	__u64 len = end - data;
+	c->packets++;
+	c->bytes += len;
+	if (is_test_udp(data, end)) {
+		c->matched_packets++;
+		c->matched_bytes += len;
+		if (c->matched_min_len == 0 || len < c->matched_min_len)
+			c->matched_min_len = len;
+		if (len > c->matched_max_len)
+			c->matched_max_len = len;
+	}
+	return XDP_DROP;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
