@@ -188,9 +188,9 @@ func (cfg Config) Validate() error {
 
 // xdpMd is struct xdp_md, the context BPF_PROG_RUN takes.
 type xdpMd struct {
-	Data, DataEnd, DataMeta       uint32
-	IngressIfindex, RxQueueIndex  uint32
-	EgressIfindex                 uint32
+	Data, DataEnd, DataMeta      uint32
+	IngressIfindex, RxQueueIndex uint32
+	EgressIfindex                uint32
 }
 
 // Generator is a loaded generator program, reusable for several runs of
