@@ -1,0 +1,314 @@
+// Package bench runs forwarding scenarios on the lab and reports them: the
+// generator sends for a fixed time, the sink counts what arrived, and each
+// scenario is repeated and summarised by its median and spread. Every
+// result names the CPU layout it ran under.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/xdprouter/xdprouter/bench/cpustat"
+	"github.com/xdprouter/xdprouter/bench/gen"
+	"github.com/xdprouter/xdprouter/bench/sink"
+	"github.com/xdprouter/xdprouter/lab"
+)
+
+// Scenario is one way of moving the generator's frames.
+type Scenario struct {
+	// Name as given on the command line.
+	Name string
+	// Description for tables.
+	Description string
+	// attach puts the sink where this scenario's frames end.
+	attach func(l *lab.Lab, port uint16) (*sink.Sink, error)
+}
+
+// Scenarios are the scenarios this package knows, in report order.
+var Scenarios = []Scenario{
+	{
+		Name:        "wire",
+		Description: "generator into an XDP drop on the router's eth1/eth2: the most this lab delivers",
+		attach: func(l *lab.Lab, port uint16) (*sink.Sink, error) {
+			var ifs []string
+			for _, lk := range l.Ingress {
+				ifs = append(ifs, lk.B.Name)
+			}
+			return sink.Attach(l.RouterNS, ifs, port)
+		},
+	},
+	{
+		Name:        "kernel",
+		Description: "Linux forwarding in the router namespace, eth1/eth2 -> eth3 -> sink",
+		attach: func(l *lab.Lab, port uint16) (*sink.Sink, error) {
+			return sink.Attach(l.SinkNS, []string{l.Egress.B.Name}, port)
+		},
+	},
+}
+
+// ScenarioByName finds a scenario.
+func ScenarioByName(name string) (Scenario, error) {
+	var names []string
+	for _, s := range Scenarios {
+		if s.Name == name {
+			return s, nil
+		}
+		names = append(names, s.Name)
+	}
+	return Scenario{}, fmt.Errorf("unknown scenario %q: use one of %s", name, strings.Join(names, ", "))
+}
+
+// Options control a benchmark run; zero fields take defaults.
+type Options struct {
+	Scenarios []string      // default: all
+	Family    int           // 4 (default) or 6
+	Size      int           // frame size with FCS (default 64, 66 for IPv6)
+	Rate      float64       // offered pps, 0 = as fast as the generator can
+	Duration  time.Duration // per trial (default 3 s)
+	Repeats   int           // trials per scenario (default 3)
+	GenCPUs   []int         // generator threads (default: every CPU)
+	Queues    int           // veth queues (default 2)
+	// Lab to use; nil brings up a private one and removes it afterwards.
+	Lab *lab.Lab
+}
+
+func (o Options) withDefaults() Options {
+	if len(o.Scenarios) == 0 {
+		for _, s := range Scenarios {
+			o.Scenarios = append(o.Scenarios, s.Name)
+		}
+	}
+	if o.Family == 0 {
+		o.Family = 4
+	}
+	if o.Size == 0 {
+		o.Size = gen.MinSize4
+		if o.Family == 6 {
+			o.Size = gen.MinSize6
+		}
+	}
+	if o.Duration == 0 {
+		o.Duration = 3 * time.Second
+	}
+	if o.Repeats == 0 {
+		o.Repeats = 3
+	}
+	if len(o.GenCPUs) == 0 {
+		for i := range runtime.NumCPU() {
+			o.GenCPUs = append(o.GenCPUs, i)
+		}
+	}
+	if o.Queues == 0 {
+		o.Queues = 2
+	}
+	return o
+}
+
+// Trial is one timed send.
+type Trial struct {
+	Sent     uint64          `json:"sent"`
+	Received uint64          `json:"received"`
+	Seconds  float64         `json:"seconds"`
+	PPS      float64         `json:"pps"` // received per second
+	Mbps     float64         `json:"mbps"`
+	LossPct  float64         `json:"loss_pct"`
+	CPU      []cpustat.Share `json:"cpu"`
+}
+
+// Result is one scenario's trials and their summary.
+type Result struct {
+	Scenario    string  `json:"scenario"`
+	Description string  `json:"description"`
+	Trials      []Trial `json:"trials"`
+	MedianPPS   float64 `json:"median_pps"`
+	MinPPS      float64 `json:"min_pps"`
+	MaxPPS      float64 `json:"max_pps"`
+	MedianMbps  float64 `json:"median_mbps"`
+	MedianLoss  float64 `json:"median_loss_pct"`
+	// CPU is the trial with the median rate's per-CPU shares.
+	CPU []cpustat.Share `json:"cpu"`
+}
+
+// Report is a whole run.
+type Report struct {
+	Started  time.Time `json:"started"`
+	Kernel   string    `json:"kernel"`
+	CPUModel string    `json:"cpu_model"`
+	CPUs     int       `json:"cpus"`
+	Layout   string    `json:"layout"`
+	Family   int       `json:"family"`
+	Size     int       `json:"frame_size"`
+	Rate     float64   `json:"offered_pps"` // 0 = maximum
+	Duration float64   `json:"trial_seconds"`
+	Repeats  int       `json:"repeats"`
+	Results  []Result  `json:"results"`
+}
+
+// Run runs every chosen scenario Repeats times and summarises them.
+// progress, if set, gets one line per trial.
+func Run(ctx context.Context, o Options, progress func(string)) (*Report, error) {
+	o = o.withDefaults()
+	var scen []Scenario
+	for _, n := range o.Scenarios {
+		s, err := ScenarioByName(n)
+		if err != nil {
+			return nil, err
+		}
+		scen = append(scen, s)
+	}
+	l := o.Lab
+	if l == nil {
+		name := fmt.Sprintf("b%d", os.Getpid())
+		var err error
+		l, err = lab.Up(ctx, lab.Config{Name: name, Queues: o.Queues})
+		if err != nil {
+			return nil, err
+		}
+		defer l.Down()
+	}
+	src, dst := gen.DefaultPrefixes(o.Family)
+	var links []gen.Link
+	for _, lk := range l.Ingress {
+		links = append(links, gen.Link{Iface: lk.A.Name, SrcMAC: lk.A.MAC, DstMAC: lk.B.MAC})
+	}
+	g, err := gen.New(gen.Config{
+		Namespace: l.GenNS, Links: links, Src: src, Dst: dst, Size: o.Size,
+		Rate: o.Rate, Duration: o.Duration, CPUs: o.GenCPUs,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer g.Close()
+
+	rep := &Report{
+		Started: time.Now().UTC(), Kernel: kernelRelease(), CPUModel: cpuModel(), CPUs: runtime.NumCPU(),
+		Layout: Layout(o.GenCPUs, l), Family: o.Family, Size: o.Size, Rate: o.Rate,
+		Duration: o.Duration.Seconds(), Repeats: o.Repeats,
+	}
+	for _, s := range scen {
+		r, err := runScenario(ctx, s, o, l, g, progress)
+		if err != nil {
+			return rep, fmt.Errorf("scenario %s: %w", s.Name, err)
+		}
+		rep.Results = append(rep.Results, r)
+	}
+	return rep, nil
+}
+
+func runScenario(ctx context.Context, s Scenario, o Options, l *lab.Lab, g *gen.Generator, progress func(string)) (Result, error) {
+	sk, err := s.attach(l, sink.DefaultPort)
+	if err != nil {
+		return Result{}, err
+	}
+	defer sk.Close()
+	res := Result{Scenario: s.Name, Description: s.Description}
+	for i := range o.Repeats {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		before, err := sk.Counters()
+		if err != nil {
+			return res, err
+		}
+		cpu0, err := cpustat.Read()
+		if err != nil {
+			return res, err
+		}
+		sent, err := g.Run(ctx)
+		if err != nil {
+			return res, err
+		}
+		cpu1, err := cpustat.Read()
+		if err != nil {
+			return res, err
+		}
+		// Whatever is still in flight lands within a few milliseconds.
+		after, err := sk.WaitMatched(ctx, before.MatchedPackets+sent.Sent, 200*time.Millisecond)
+		if err != nil {
+			return res, err
+		}
+		t := trial(sent, before, after)
+		t.CPU = cpustat.Shares(cpu0, cpu1)
+		res.Trials = append(res.Trials, t)
+		if progress != nil {
+			progress(fmt.Sprintf("%-7s trial %d/%d: sent %d, received %d in %.2fs: %.3f Mpps, loss %.2f%%",
+				s.Name, i+1, o.Repeats, t.Sent, t.Received, t.Seconds, t.PPS/1e6, t.LossPct))
+		}
+	}
+	summarise(&res)
+	return res, nil
+}
+
+func trial(sent gen.Result, before, after sink.Counters) Trial {
+	recv := after.MatchedPackets - before.MatchedPackets
+	r := sink.RateBetween(before, after, sent.Elapsed)
+	t := Trial{Sent: sent.Sent, Received: recv, Seconds: sent.Elapsed.Seconds(), PPS: r.PPS, Mbps: r.Mbps}
+	if sent.Sent > 0 && recv < sent.Sent {
+		t.LossPct = 100 * float64(sent.Sent-recv) / float64(sent.Sent)
+	}
+	return t
+}
+
+func summarise(r *Result) {
+	if len(r.Trials) == 0 {
+		return
+	}
+	idx := make([]int, len(r.Trials))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int {
+		if r.Trials[a].PPS < r.Trials[b].PPS {
+			return -1
+		}
+		if r.Trials[a].PPS > r.Trials[b].PPS {
+			return 1
+		}
+		return 0
+	})
+	med := r.Trials[idx[len(idx)/2]]
+	r.MedianPPS, r.MedianMbps, r.CPU = med.PPS, med.Mbps, med.CPU
+	r.MinPPS, r.MaxPPS = r.Trials[idx[0]].PPS, r.Trials[idx[len(idx)-1]].PPS
+	losses := make([]float64, len(r.Trials))
+	for i, t := range r.Trials {
+		losses[i] = t.LossPct
+	}
+	slices.Sort(losses)
+	r.MedianLoss = losses[len(losses)/2]
+}
+
+// Layout describes where the work of a lab run happens.
+func Layout(genCPUs []int, l *lab.Lab) string {
+	var links []string
+	for i, c := range genCPUs {
+		links = append(links, fmt.Sprintf("cpu%d->%s", c, l.Ingress[i%len(l.Ingress)].A.Name))
+	}
+	return fmt.Sprintf("generator: one thread per CPU (%s); router and sink: NAPI on the sending CPU (veth, no threaded NAPI); %d queues per veth",
+		strings.Join(links, ", "), l.Queues)
+}
+
+func kernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}

@@ -1,0 +1,57 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteTable prints the report as a table: one row per scenario with the
+// median forwarded rate, its spread over the trials, throughput, loss, the
+// ratio to the first scenario (the wire baseline when it ran) and each
+// CPU's softirq/system/user/idle percentages in the median trial.
+func WriteTable(w io.Writer, r *Report) error {
+	offered := "maximum"
+	if r.Rate > 0 {
+		offered = fmt.Sprintf("%.0f pps", r.Rate)
+	}
+	fmt.Fprintf(w, "# IPv%d UDP, %d-byte frames (FCS counted), offered %s, %d trials of %.1f s: median [min - max]\n",
+		r.Family, r.Size, offered, r.Repeats, r.Duration)
+	fmt.Fprintf(w, "# kernel %s, %s, %d CPUs\n", r.Kernel, r.CPUModel, r.CPUs)
+	fmt.Fprintf(w, "# layout: %s\n", r.Layout)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	hdr := []string{"scenario", "Mpps", "[min - max]", "Mbit/s", "loss %", "vs " + firstName(r)}
+	if len(r.Results) > 0 {
+		for _, c := range r.Results[0].CPU {
+			hdr = append(hdr, fmt.Sprintf("cpu%d si/sy/us/id %%", c.CPU))
+		}
+	}
+	fmt.Fprintln(tw, strings.Join(hdr, "\t"))
+	for _, res := range r.Results {
+		ratio := "-"
+		if base := r.Results[0].MedianPPS; base > 0 {
+			ratio = fmt.Sprintf("%.2f", res.MedianPPS/base)
+		}
+		row := []string{
+			res.Scenario,
+			fmt.Sprintf("%.3f", res.MedianPPS/1e6),
+			fmt.Sprintf("[%.3f - %.3f]", res.MinPPS/1e6, res.MaxPPS/1e6),
+			fmt.Sprintf("%.0f", res.MedianMbps),
+			fmt.Sprintf("%.2f", res.MedianLoss),
+			ratio,
+		}
+		for _, c := range res.CPU {
+			row = append(row, fmt.Sprintf("%.0f/%.0f/%.0f/%.0f", 100*c.SoftIRQ, 100*c.System, 100*c.User, 100*c.Idle))
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	return tw.Flush()
+}
+
+func firstName(r *Report) string {
+	if len(r.Results) == 0 {
+		return "first"
+	}
+	return r.Results[0].Scenario
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/xdprouter/xdprouter/bench"
+	"github.com/xdprouter/xdprouter/bench/cpustat"
+	"github.com/xdprouter/xdprouter/lab"
+)
+
+// benchFlags are the options shared by run and demo.
+type benchFlags struct {
+	scenarios, cpus string
+	opts            bench.Options
+}
+
+func (b *benchFlags) register(cmd *cobra.Command, trial time.Duration) {
+	f := cmd.Flags()
+	var names []string
+	for _, s := range bench.Scenarios {
+		names = append(names, s.Name)
+	}
+	f.StringVar(&b.scenarios, "scenarios", strings.Join(names, ","), "scenarios to run, in order: "+strings.Join(names, ", "))
+	f.IntVarP(&b.opts.Family, "family", "f", 4, "IP version, 4 or 6")
+	f.IntVarP(&b.opts.Size, "size", "s", 0, "frame size with FCS (default 64, 66 for IPv6)")
+	f.Float64VarP(&b.opts.Rate, "rate", "r", 0, "offered packets per second (0: as fast as the generator can)")
+	f.DurationVarP(&b.opts.Duration, "duration", "d", trial, "length of one trial")
+	f.IntVar(&b.opts.Repeats, "repeats", 3, "trials per scenario; the median is reported")
+	f.StringVar(&b.cpus, "cpus", "", "generator CPUs, one thread each (default: all)")
+	f.IntVarP(&b.opts.Queues, "queues", "q", 2, "queues per veth of the lab")
+}
+
+func (b *benchFlags) options() (bench.Options, error) {
+	o := b.opts
+	o.Scenarios = strings.Split(b.scenarios, ",")
+	if b.cpus != "" {
+		var err error
+		if o.GenCPUs, err = cpustat.ParseList(b.cpus); err != nil {
+			return o, fmt.Errorf("--cpus: %w", err)
+		}
+	}
+	for _, s := range o.Scenarios {
+		if _, err := bench.ScenarioByName(s); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+func newRunCmd() *cobra.Command {
+	var bf benchFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run forwarding benchmarks and print the table",
+		Long: `Brings up a private lab, runs each scenario --repeats times for --duration
+with the generator at --rate (default: maximum), and prints one row per
+scenario. Scenarios:
+  wire    generator into an XDP drop on the router's eth1/eth2: the most this
+          lab can deliver, the baseline every other row is divided by
+  kernel  Linux forwarding in the router namespace, eth1/eth2 -> eth3 -> sink
+
+Columns: Mpps is the median over trials of frames received per second (at
+the sink) over the generator's sending time; [min - max] the spread over
+trials; Mbit/s the median's throughput with FCS; loss % the median of
+(sent - received) / sent; "vs" the ratio of medians to the first row;
+cpuN si/sy/us/id the softirq, system, user and idle share of each CPU from
+/proc/stat during the median trial.`,
+		Example: `  xdpbench run
+  xdpbench run --scenarios kernel --size 1518 --repeats 5 --json`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := bf.options()
+			if err != nil {
+				return err
+			}
+			if err := lab.RequireRoot(); err != nil {
+				return err
+			}
+			rep, err := bench.Run(cmd.Context(), o, func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), s) })
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), rep)
+			}
+			return bench.WriteTable(cmd.OutOrStdout(), rep)
+		},
+	}
+	bf.register(cmd, 3*time.Second)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
