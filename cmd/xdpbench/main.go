@@ -20,9 +20,15 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	if err := newRoot().ExecuteContext(ctx); err != nil {
+	err := newRoot().ExecuteContext(ctx)
+	interrupted := ctx.Err() != nil
+	stop()
+	switch {
+	case err != nil && interrupted:
+		fmt.Fprintln(os.Stderr, "xdpbench: interrupted; everything it set up was removed")
+		os.Exit(130)
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "xdpbench:", err)
-		stop()
 		os.Exit(1)
 	}
 }
