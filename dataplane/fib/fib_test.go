@@ -1,0 +1,194 @@
+package fib
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/xdprouter/xdprouter/internal/testutil"
+)
+
+func newTestTable(t testing.TB, cfg Config) *Table {
+	t.Helper()
+	testutil.Privileged(t)
+	tb, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tb.Close() })
+	return tb
+}
+
+func check(t *testing.T, tb *Table, ref refTable, addrs []netip.Addr, when string) {
+	t.Helper()
+	bad := 0
+	for _, a := range addrs {
+		if got, want := tb.Lookup(a), ref.lookup(a); got != want {
+			if bad++; bad <= 5 {
+				t.Errorf("%s: lookup %s = %v, want %v", when, a, got, want)
+			}
+		}
+	}
+	if bad > 0 {
+		t.FailNow()
+	}
+}
+
+func TestDifferential(t *testing.T) {
+	tb := newTestTable(t, Config{Groups4: 4096, Groups6: 16384, Nexthops: 1024, ECMPGroups: 64})
+	for _, v6 := range []bool{false, true} {
+		for seed := range uint64(4) {
+			t.Run(fmt.Sprintf("v6=%v/seed=%d", v6, seed), func(t *testing.T) {
+				rng := rand.New(rand.NewPCG(seed, 42))
+				ref := refTable{}
+				var ps []netip.Prefix
+				for range 3000 {
+					p := randPrefix(rng, v6)
+					r := MakeResult(RouteType(1+rng.IntN(6)), uint32(rng.IntN(1000)))
+					if err := tb.Insert(p, r); err != nil {
+						t.Fatal(err)
+					}
+					if _, ok := ref[p]; !ok {
+						ps = append(ps, p)
+					}
+					ref[p] = r
+				}
+				addrs := probes(rng, ps, v6, 2000)
+				check(t, tb, ref, addrs, "after inserts")
+				// Replace some, delete half (uncovering shorter prefixes).
+				rng.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
+				for i, p := range ps {
+					switch {
+					case i%4 == 0:
+						r := MakeResult(RouteNexthop, uint32(i%1000))
+						if err := tb.Insert(p, r); err != nil {
+							t.Fatal(err)
+						}
+						ref[p] = r
+					case i%2 == 1:
+						if err := tb.Delete(p); err != nil {
+							t.Fatal(err)
+						}
+						delete(ref, p)
+					}
+				}
+				check(t, tb, ref, addrs, "after replaces and deletes")
+				if err := tb.Delete(netip.MustParsePrefix("203.0.113.0/24")); !errors.Is(err, ErrNotFound) && !v6 {
+					t.Errorf("delete of a missing prefix: %v, want ErrNotFound", err)
+				}
+				// Delete the rest: every group must be given back.
+				for p := range ref {
+					if err := tb.Delete(p); err != nil {
+						t.Fatal(err)
+					}
+				}
+				check(t, tb, refTable{}, addrs, "after deleting everything")
+				st := tb.Stats()
+				if st.Routes4+st.Routes6 != 0 || st.Groups4 != 0 || st.Groups6 != 0 {
+					t.Errorf("empty table still holds %+v", st)
+				}
+				for _, tr := range []*trie{tb.v4, tb.v6} {
+					for i, e := range tr.l0 {
+						if e != 0 {
+							t.Fatalf("first level entry %d = %#x in an empty table", i, e)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestEdges(t *testing.T) {
+	tb := newTestTable(t, Config{Groups4: 64, Groups6: 64, Nexthops: 16, ECMPGroups: 4})
+	nh := func(i uint32) Result { return MakeResult(RouteNexthop, i) }
+	steps := []struct {
+		op     string // "+" insert, "-" delete
+		prefix string
+		res    Result
+		probes map[string]Result
+	}{
+		{"+", "0.0.0.0/0", nh(1), map[string]Result{"0.0.0.0": nh(1), "255.255.255.255": nh(1)}},
+		{"+", "10.0.0.0/8", nh(2), map[string]Result{"10.255.255.255": nh(2), "11.0.0.0": nh(1), "9.255.255.255": nh(1)}},
+		{"+", "10.1.2.3/32", nh(3), map[string]Result{"10.1.2.3": nh(3), "10.1.2.2": nh(2), "10.1.2.4": nh(2)}},
+		{"+", "10.1.2.0/25", MakeResult(RouteBlackhole, 0), map[string]Result{"10.1.2.3": nh(3), "10.1.2.127": MakeResult(RouteBlackhole, 0), "10.1.2.128": nh(2)}},
+		{"-", "10.0.0.0/8", 0, map[string]Result{"10.1.2.3": nh(3), "10.1.2.128": nh(1), "10.9.9.9": nh(1)}},
+		{"-", "10.1.2.0/25", 0, map[string]Result{"10.1.2.3": nh(3), "10.1.2.4": nh(1)}},
+		{"-", "10.1.2.3/32", 0, map[string]Result{"10.1.2.3": nh(1)}},
+		{"-", "0.0.0.0/0", 0, map[string]Result{"10.1.2.3": 0, "0.0.0.0": 0}},
+		{"+", "::/0", nh(4), map[string]Result{"2001:db8::1": nh(4), "::": nh(4)}},
+		{"+", "2001:db8::1/128", nh(5), map[string]Result{"2001:db8::1": nh(5), "2001:db8::": nh(4), "2001:db8::2": nh(4)}},
+		{"+", "2001:db8::/32", MakeResult(RouteUnreachable, 0), map[string]Result{"2001:db8::1": nh(5), "2001:db8:ffff::": MakeResult(RouteUnreachable, 0)}},
+		{"-", "2001:db8::1/128", 0, map[string]Result{"2001:db8::1": MakeResult(RouteUnreachable, 0)}},
+		{"-", "::/0", 0, map[string]Result{"2001:db8::1": MakeResult(RouteUnreachable, 0), "2001:db9::": 0}},
+	}
+	for _, s := range steps {
+		p := netip.MustParsePrefix(s.prefix)
+		var err error
+		if s.op == "+" {
+			err = tb.Insert(p, s.res)
+		} else {
+			err = tb.Delete(p)
+		}
+		if err != nil {
+			t.Fatalf("%s %s: %v", s.op, p, err)
+		}
+		for a, want := range s.probes {
+			if got := tb.Lookup(netip.MustParseAddr(a)); got != want {
+				t.Errorf("after %s %s: lookup %s = %v, want %v", s.op, p, a, got, want)
+			}
+		}
+	}
+}
+
+func TestCapacity(t *testing.T) {
+	tb := newTestTable(t, Config{Groups4: 2, Groups6: 3, Nexthops: 4, ECMPGroups: 2})
+	nh := MakeResult(RouteNexthop, 1)
+	for _, p := range []string{"10.0.0.0/25", "10.0.1.0/25"} {
+		if err := tb.Insert(netip.MustParsePrefix(p), nh); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := tb.Lookup(netip.MustParseAddr("10.0.2.1"))
+	err := tb.Insert(netip.MustParsePrefix("10.0.2.0/25"), nh)
+	if !errors.Is(err, ErrCapacity) {
+		t.Fatalf("third group: %v, want ErrCapacity", err)
+	}
+	if got := tb.Lookup(netip.MustParseAddr("10.0.2.1")); got != before {
+		t.Errorf("failed insert changed the table: %v -> %v", before, got)
+	}
+	if st := tb.Stats(); st.Routes4 != 2 || st.Groups4 != 2 {
+		t.Errorf("after a refused insert: %+v", st)
+	}
+	// A /64 under an empty first level needs 6 groups (bits 16-64): refused
+	// whole, with nothing half-built.
+	if err := tb.Insert(netip.MustParsePrefix("2001:db8:1:2::/64"), nh); !errors.Is(err, ErrCapacity) {
+		t.Fatalf("deep IPv6 prefix: %v, want ErrCapacity", err)
+	}
+	if st := tb.Stats(); st.Groups6 != 0 || st.Routes6 != 0 {
+		t.Errorf("refused IPv6 insert left %+v", st)
+	}
+	// Freed groups come back after a grace period.
+	if err := tb.Delete(netip.MustParsePrefix("10.0.0.0/25")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Insert(netip.MustParsePrefix("10.0.2.0/25"), nh); err != nil {
+		t.Fatalf("insert after a delete freed a group: %v", err)
+	}
+	if tb.Stats().GracePeriods == 0 {
+		t.Error("a freed group was reused without a grace period")
+	}
+	for id := range uint32(4) {
+		if err := tb.SetNexthop(id, Nexthop{Ifindex: 1, State: Resolved}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tb.SetNexthop(4, Nexthop{}); err == nil {
+		t.Error("nexthop id beyond the table accepted")
+	}
+	if err := tb.SetECMP(0, make([]uint32, 17)); err == nil {
+		t.Error("17-member ECMP group accepted")
+	}
+}

@@ -1,0 +1,405 @@
+// Package fib is xdprouter's forwarding table: longest-prefix match for
+// IPv4 (DIR-24-8: a 2^24-entry first level and 256-entry groups for
+// prefixes longer than /24) and IPv6 (a 2^16-entry first level and 8-bit
+// levels below), nexthops and ECMP groups. Everything lives in BPF array
+// maps created with BPF_F_MMAPABLE and written by Go through the mapping,
+// so the XDP program (bpf/fib.h) and the Go workers read the same memory.
+//
+// One goroutine writes (the control plane); any number read at the same
+// time and only ever see the old or the new answer for an address. Memory
+// a reader may still be looking at (an unpublished group, a replaced
+// nexthop) is reused only after a grace period: the kernel's RCU (which
+// covers every running XDP program) and every registered Go Reader.
+//
+// It needs Linux 5.5 or newer (mmapable array maps) and CAP_BPF.
+package fib
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Config sizes a table; zero fields take the defaults.
+type Config struct {
+	// Groups4 is the number of IPv4 second-level groups (1 KiB each): one
+	// per /24 holding longer prefixes. Default 8192.
+	Groups4 int
+	// Groups6 is the number of IPv6 groups (1 KiB each): the real table
+	// of 2024 (160 k prefixes) needs about 38 k. Default 65536.
+	Groups6 int
+	// Nexthops is the number of nexthop IDs (default 65536).
+	Nexthops int
+	// ECMPGroups is the number of ECMP group IDs (default 4096).
+	ECMPGroups int
+}
+
+func (c Config) withDefaults() Config {
+	if c.Groups4 == 0 {
+		c.Groups4 = 8192
+	}
+	if c.Groups6 == 0 {
+		c.Groups6 = 65536
+	}
+	if c.Nexthops == 0 {
+		c.Nexthops = 65536
+	}
+	if c.ECMPGroups == 0 {
+		c.ECMPGroups = 4096
+	}
+	return c
+}
+
+// Layout constants shared with bpf/fib.h.
+const (
+	rowBytes  = groupSize * 4 // one array element: 256 entries
+	first4    = 24
+	first6    = 16
+	maxGroups = 1 << 24
+)
+
+// Table is a forwarding table in mmap'd BPF maps.
+type Table struct {
+	mu   sync.Mutex // serialises writers
+	cfg  Config
+	maps Maps
+	mem  [][]byte // mappings, unmapped on Close
+
+	v4, v6 *trie
+	nh     *slots[nhEntry]
+	ecmp   *slots[ecmpEntry]
+
+	barrier      *ebpf.Map // ARRAY_OF_MAPS: updating it waits for RCU
+	barrierInner *ebpf.Map
+
+	readersMu sync.Mutex
+	readers   map[*Reader]struct{}
+	graces    atomic.Uint64
+}
+
+// Maps are the BPF maps of a table, for the XDP program loader to pass as
+// MapReplacements under the names bpf/fib.h declares.
+type Maps struct {
+	V4L0, V4Groups, V6L0, V6Groups *ebpf.Map
+	NexthopPtr, Nexthops           *ebpf.Map
+	ECMPPtr, ECMP                  *ebpf.Map
+}
+
+// Replacements returns the maps keyed by their names in bpf/fib.h.
+func (m Maps) Replacements() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		"fib4_l0": m.V4L0, "fib4_groups": m.V4Groups,
+		"fib6_l0": m.V6L0, "fib6_groups": m.V6Groups,
+		"fib_nh_ptr": m.NexthopPtr, "fib_nh": m.Nexthops,
+		"fib_ecmp_ptr": m.ECMPPtr, "fib_ecmp": m.ECMP,
+	}
+}
+
+// New creates an empty table. It needs CAP_BPF (root).
+func New(cfg Config) (*Table, error) {
+	cfg = cfg.withDefaults()
+	var errs []error
+	for name, v := range map[string]int{"groups4": cfg.Groups4, "groups6": cfg.Groups6,
+		"nexthops": cfg.Nexthops, "ecmp groups": cfg.ECMPGroups} {
+		if v < 1 || v > maxGroups {
+			errs = append(errs, fmt.Errorf("%s %d: use 1 to %d", name, v, maxGroups))
+		}
+	}
+	if cfg.Nexthops > MaxIndex+1 || cfg.ECMPGroups > MaxIndex+1 {
+		errs = append(errs, fmt.Errorf("nexthops and ecmp groups: at most %d", MaxIndex+1))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("fib config: %w", err)
+	}
+	t := &Table{cfg: cfg, readers: map[*Reader]struct{}{}}
+	if err := t.create(); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *Table) create() error {
+	var err error
+	v4l0, err := t.rows("fib4_l0", 1<<first4/groupSize)
+	if err != nil {
+		return err
+	}
+	v4g, err := t.rows("fib4_groups", t.cfg.Groups4)
+	if err != nil {
+		return err
+	}
+	v6l0, err := t.rows("fib6_l0", 1<<first6/groupSize)
+	if err != nil {
+		return err
+	}
+	v6g, err := t.rows("fib6_groups", t.cfg.Groups6)
+	if err != nil {
+		return err
+	}
+	t.maps.V4L0, t.maps.V4Groups, t.maps.V6L0, t.maps.V6Groups = v4l0.m, v4g.m, v6l0.m, v6g.m
+	t.v4 = newTrie(32, first4, v4l0.words, v4g.words, t.grace)
+	t.v6 = newTrie(128, first6, v6l0.words, v6g.words, t.grace)
+
+	if t.nh, t.maps.NexthopPtr, t.maps.Nexthops, err = newSlots[nhEntry](t, "fib_nh", t.cfg.Nexthops); err != nil {
+		return err
+	}
+	if t.ecmp, t.maps.ECMPPtr, t.maps.ECMP, err = newSlots[ecmpEntry](t, "fib_ecmp", t.cfg.ECMPGroups); err != nil {
+		return err
+	}
+
+	t.barrierInner, err = ebpf.NewMap(&ebpf.MapSpec{Name: "fib_rcu_inner", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		return fmt.Errorf("create fib grace-period map: %w", err)
+	}
+	t.barrier, err = ebpf.NewMap(&ebpf.MapSpec{Name: "fib_rcu", Type: ebpf.ArrayOfMaps, KeySize: 4, MaxEntries: 1,
+		InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}})
+	if err != nil {
+		return fmt.Errorf("create fib grace-period map: %w", err)
+	}
+	return nil
+}
+
+// mapped is a BPF array map and its mapping as 32-bit words.
+type mapped struct {
+	m     *ebpf.Map
+	words []uint32
+}
+
+// rows creates an mmapable array of n 1 KiB rows and maps it.
+func (t *Table) rows(name string, n int) (mapped, error) {
+	m, mem, err := t.mmapArray(name, rowBytes, n)
+	if err != nil {
+		return mapped{}, err
+	}
+	return mapped{m, unsafe.Slice((*uint32)(unsafe.Pointer(&mem[0])), len(mem)/4)}, nil
+}
+
+// mmapArray creates an mmapable BPF array and maps it read-write. The
+// kernel lays values out with an 8-byte-aligned stride.
+func (t *Table) mmapArray(name string, valueSize, n int) (*ebpf.Map, []byte, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: name, Type: ebpf.Array, KeySize: 4, ValueSize: uint32(valueSize),
+		MaxEntries: uint32(n), Flags: unix.BPF_F_MMAPABLE,
+	})
+	if err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, nil, fmt.Errorf("create fib map %s: %w (needs CAP_BPF: run as root)", name, err)
+		}
+		return nil, nil, fmt.Errorf("create fib map %s (%d x %d bytes): %w", name, n, valueSize, err)
+	}
+	size := (valueSize + 7) &^ 7 * n
+	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("mmap fib map %s (%d bytes): %w", name, size, err)
+	}
+	t.mem = append(t.mem, mem)
+	return m, mem, nil
+}
+
+// Close unmaps and releases the table's maps (programs still holding them
+// keep them alive).
+func (t *Table) Close() error {
+	var errs []error
+	for _, mem := range t.mem {
+		errs = append(errs, unix.Munmap(mem))
+	}
+	t.mem = nil
+	for _, m := range []*ebpf.Map{t.maps.V4L0, t.maps.V4Groups, t.maps.V6L0, t.maps.V6Groups,
+		t.maps.NexthopPtr, t.maps.Nexthops, t.maps.ECMPPtr, t.maps.ECMP, t.barrier, t.barrierInner} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Maps returns the table's BPF maps.
+func (t *Table) Maps() Maps { return t.maps }
+
+// grace returns once no reader can still see memory unpublished before
+// the call: it waits for an RCU grace period in the kernel (every XDP
+// program running now has finished) and for every Go Reader inside a
+// lookup to leave it.
+func (t *Table) grace() error {
+	if err := t.barrier.Update(uint32(0), t.barrierInner, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("kernel grace period: %w", err)
+	}
+	t.readersMu.Lock()
+	defer t.readersMu.Unlock()
+	for r := range t.readers {
+		if s := r.seq.Load(); s&1 == 1 {
+			for r.seq.Load() == s {
+				runtime.Gosched()
+			}
+		}
+	}
+	t.graces.Add(1)
+	return nil
+}
+
+// Route is a prefix and what it resolves to.
+type Route struct {
+	Prefix netip.Prefix
+	Result Result
+}
+
+func (t *Table) trieOf(p netip.Prefix) (*trie, [16]byte, error) {
+	if !p.IsValid() {
+		return nil, [16]byte{}, fmt.Errorf("invalid prefix %v", p)
+	}
+	a := p.Addr()
+	if a.Is4() {
+		var k [16]byte
+		b := a.As4()
+		copy(k[:], b[:])
+		return t.v4, k, nil
+	}
+	if a.Is4In6() {
+		return nil, [16]byte{}, fmt.Errorf("prefix %s: use plain IPv4, not IPv4-mapped IPv6", p)
+	}
+	return t.v6, a.As16(), nil
+}
+
+// Insert adds a route or replaces the one with the same prefix.
+func (t *Table) Insert(p netip.Prefix, r Result) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tr, a, err := t.trieOf(p)
+	if err != nil {
+		return err
+	}
+	if err := tr.insert(a, p.Bits(), r); err != nil {
+		return fmt.Errorf("insert %s: %w", p, err)
+	}
+	return nil
+}
+
+// Delete removes a route; the addresses it covered fall back to the next
+// shorter prefix.
+func (t *Table) Delete(p netip.Prefix) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tr, a, err := t.trieOf(p)
+	if err != nil {
+		return err
+	}
+	if err := tr.remove(a, p.Bits()); err != nil {
+		return fmt.Errorf("delete %s: %w", p, err)
+	}
+	return nil
+}
+
+// Load inserts many routes at once, shortest prefixes first so that each
+// entry is written as few times as possible. It stops at the first error;
+// the routes inserted until then stay.
+func (t *Table) Load(routes []Route) error {
+	var byLen [129][]int32
+	for i, r := range routes {
+		if !r.Prefix.IsValid() {
+			return fmt.Errorf("route %d: invalid prefix", i)
+		}
+		byLen[r.Prefix.Bits()] = append(byLen[r.Prefix.Bits()], int32(i))
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, idx := range byLen {
+		for _, i := range idx {
+			r := routes[i]
+			tr, a, err := t.trieOf(r.Prefix)
+			if err != nil {
+				return err
+			}
+			if err := tr.insert(a, r.Prefix.Bits(), r.Result); err != nil {
+				return fmt.Errorf("insert %s: %w", r.Prefix, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Clear removes every route (nexthops and ECMP groups stay).
+func (t *Table) Clear() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return errors.Join(t.v4.clear(), t.v6.clear())
+}
+
+// Lookup returns the result for one address. It is for the control plane
+// and diagnostics; workers use a Reader.
+func (t *Table) Lookup(a netip.Addr) Result {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a.Is4() || a.Is4In6() {
+		return t.v4.lookup4(addr4(a.Unmap()))
+	}
+	b := a.As16()
+	return t.v6.lookup(&b)
+}
+
+// Routes calls fn for every route of the table, in no particular order.
+func (t *Table) Routes(fn func(Route) bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tr := range []*trie{t.v4, t.v6} {
+		for k, r := range tr.routes {
+			var a netip.Addr
+			if tr.bits == 32 {
+				a = netip.AddrFrom4([4]byte(k.addr[:4]))
+			} else {
+				a = netip.AddrFrom16(k.addr)
+			}
+			if !fn(Route{netip.PrefixFrom(a, int(k.bits)), r}) {
+				return
+			}
+		}
+	}
+}
+
+// Stats describe a table's size and use.
+type Stats struct {
+	Routes4, Routes6   int
+	Groups4, Groups4Of int // second-level groups in use, and available
+	Groups6, Groups6Of int
+	Nexthops           int
+	ECMPGroups         int
+	Bytes              int // memory of all mappings
+	GracePeriods       uint64
+}
+
+// Stats returns the table's counts.
+func (t *Table) Stats() Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := Stats{
+		Routes4: len(t.v4.routes), Routes6: len(t.v6.routes),
+		Groups4: t.v4.used, Groups4Of: t.v4.ngroups, Groups6: t.v6.used, Groups6Of: t.v6.ngroups,
+		Nexthops: t.nh.live, ECMPGroups: t.ecmp.live, GracePeriods: t.graces.Load(),
+	}
+	for _, m := range t.mem {
+		s.Bytes += len(m)
+	}
+	return s
+}
+
+func addr4(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+// lookup4 is the DIR-24-8 lookup: one read, two for prefixes past /24.
+func (t *trie) lookup4(a uint32) Result {
+	e := atomic.LoadUint32(&t.l0[a>>8])
+	if e&extBit != 0 {
+		e = atomic.LoadUint32(&t.groups[int(e&groupMask)*groupSize+int(a&0xff)])
+	}
+	return Result(e & resultMask)
+}
