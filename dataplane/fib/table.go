@@ -403,3 +403,25 @@ func (t *trie) lookup4(a uint32) Result {
 	}
 	return Result(e & resultMask)
 }
+
+// Bind sets the sizes of the FIB maps a program declares (bpf/fib.h) to
+// this table's and returns the table's maps to pass as MapReplacements.
+func (m Maps) Bind(spec *ebpf.CollectionSpec) (map[string]*ebpf.Map, error) {
+	repl := m.Replacements()
+	for name, mp := range repl {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			delete(repl, name) // the program does not use it
+			continue
+		}
+		info, err := mp.Info()
+		if err != nil {
+			return nil, fmt.Errorf("fib map %s: %w", name, err)
+		}
+		if ms.ValueSize != info.ValueSize {
+			return nil, fmt.Errorf("fib map %s: program has %d-byte values, table %d (bpf/fib.h and dataplane/fib disagree)", name, ms.ValueSize, info.ValueSize)
+		}
+		ms.MaxEntries = info.MaxEntries
+	}
+	return repl, nil
+}
