@@ -1,6 +1,7 @@
 package fib_test
 
 import (
+	"errors"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -160,3 +161,5 @@ func TestHashAgrees(t *testing.T) {
 		t.Errorf("only %d distinct hashes for 2000 random flows", len(seen))
 	}
 }
+
+func errorsIsCapacity(err error) bool { return errors.Is(err, fib.ErrCapacity) }

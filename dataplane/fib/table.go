@@ -205,9 +205,19 @@ func (t *Table) mmapArray(name string, valueSize, n int) (*ebpf.Map, []byte, err
 	return m, mem, nil
 }
 
+// ErrReadersOpen means Close was called while Readers are registered:
+// unmapping would pull the memory from under them.
+var ErrReadersOpen = errors.New("fib readers still open: close them first")
+
 // Close unmaps and releases the table's maps (programs still holding them
-// keep them alive).
+// keep them alive). It refuses while Readers are open.
 func (t *Table) Close() error {
+	t.readersMu.Lock()
+	n := len(t.readers)
+	t.readersMu.Unlock()
+	if n > 0 {
+		return fmt.Errorf("%w (%d open)", ErrReadersOpen, n)
+	}
 	var errs []error
 	for _, mem := range t.mem {
 		errs = append(errs, unix.Munmap(mem))
