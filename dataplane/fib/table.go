@@ -308,32 +308,128 @@ func (t *Table) Delete(p netip.Prefix) error {
 	return nil
 }
 
-// Load inserts many routes at once, shortest prefixes first so that each
-// entry is written as few times as possible. It stops at the first error;
-// the routes inserted until then stay.
+// Load inserts many routes at once (a later duplicate replaces an earlier
+// one). It paints shortest prefixes first, so each entry is written as few
+// times as possible, and neighbouring prefixes together, so painting walks
+// memory in order; the Go-side route set is filled on a second goroutine
+// meanwhile. On an error the routes painted until then stay, and the
+// route set is made to match them.
 func (t *Table) Load(routes []Route) error {
-	var byLen [129][]int32
-	for i, r := range routes {
-		if !r.Prefix.IsValid() {
-			return fmt.Errorf("route %d: invalid prefix", i)
-		}
-		byLen[r.Prefix.Bits()] = append(byLen[r.Prefix.Bits()], int32(i))
+	order, err := loadOrder(routes)
+	if err != nil {
+		return err
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, idx := range byLen {
-		for _, i := range idx {
+	keys := make([][16]byte, len(routes))
+	for i, r := range routes {
+		_, keys[i], _ = t.trieOf(r.Prefix)
+		keys[i] = mask(keys[i], r.Prefix.Bits())
+	}
+	t.growRoutes(routes)
+	filled := make(chan struct{})
+	go func() {
+		defer close(filled)
+		for _, i := range order {
 			r := routes[i]
-			tr, a, err := t.trieOf(r.Prefix)
-			if err != nil {
-				return err
-			}
-			if err := tr.insert(a, r.Prefix.Bits(), r.Result); err != nil {
-				return fmt.Errorf("insert %s: %w", r.Prefix, err)
-			}
+			t.familyOf(r.Prefix).routes.put(&keys[i], r.Prefix.Bits(), r.Result)
+		}
+	}()
+	var perr error
+	k := 0
+	for ; k < len(order); k++ {
+		r := routes[order[k]]
+		if perr = t.familyOf(r.Prefix).paint(keys[order[k]], r.Prefix.Bits(), r.Result); perr != nil {
+			perr = fmt.Errorf("insert %s: %w", r.Prefix, perr)
+			break
 		}
 	}
-	return nil
+	<-filled
+	if perr != nil {
+		// The route set holds every route; keep only those painted.
+		for _, i := range order[k:] {
+			r := routes[i]
+			t.familyOf(r.Prefix).routes.del(&keys[i], r.Prefix.Bits())
+		}
+		for _, i := range order[:k] {
+			r := routes[i]
+			t.familyOf(r.Prefix).routes.put(&keys[i], r.Prefix.Bits(), r.Result)
+		}
+	}
+	return perr
+}
+
+// loadOrder sorts route indices by prefix length, then by the first-level
+// row the prefix lands in (counting sorts: no comparisons), keeping input
+// order among equals so that later duplicates still win.
+func loadOrder(routes []Route) ([]int32, error) {
+	var byLen [129][]int32
+	for i, r := range routes {
+		if !r.Prefix.IsValid() {
+			return nil, fmt.Errorf("route %d: invalid prefix", i)
+		}
+		if a := r.Prefix.Addr(); a.Is4In6() {
+			return nil, fmt.Errorf("route %d: prefix %s: use plain IPv4, not IPv4-mapped IPv6", i, r.Prefix)
+		}
+		byLen[r.Prefix.Bits()] = append(byLen[r.Prefix.Bits()], int32(i))
+	}
+	row := func(p netip.Prefix) int {
+		a := p.Addr().AsSlice()
+		if len(a) == 4 {
+			return int(a[0])<<8 | int(a[1])
+		}
+		return int(a[2])<<8 | int(a[3]) // IPv6 prefixes share their top 16 bits
+	}
+	order := make([]int32, 0, len(routes))
+	count := make([]int32, 1<<16+1)
+	for _, idx := range byLen {
+		if len(idx) < 1024 {
+			order = append(order, idx...)
+			continue
+		}
+		clear(count)
+		for _, i := range idx {
+			count[row(routes[i].Prefix)+1]++
+		}
+		for j := 1; j < len(count); j++ {
+			count[j] += count[j-1]
+		}
+		base := len(order)
+		order = order[:base+len(idx)]
+		for _, i := range idx {
+			r := row(routes[i].Prefix)
+			order[base+int(count[r])] = i
+			count[r]++
+		}
+	}
+	return order, nil
+}
+
+// growRoutes sizes the route maps for a bulk load into empty lengths.
+func (t *Table) growRoutes(routes []Route) {
+	var n4, n6 [129]int
+	for _, r := range routes {
+		if r.Prefix.Addr().Is4() {
+			n4[r.Prefix.Bits()]++
+		} else {
+			n6[r.Prefix.Bits()]++
+		}
+	}
+	for l := range n4 {
+		if n4[l] > 0 {
+			t.v4.routes.grow(l, n4[l])
+		}
+		if n6[l] > 0 {
+			t.v6.routes.grow(l, n6[l])
+		}
+	}
+}
+
+func (t *Table) familyOf(p netip.Prefix) *trie {
+	if p.Addr().Is4() {
+		return t.v4
+	}
+	return t.v6
 }
 
 // Clear removes every route (nexthops and ECMP groups stay).
@@ -360,16 +456,15 @@ func (t *Table) Routes(fn func(Route) bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, tr := range []*trie{t.v4, t.v6} {
-		for k, r := range tr.routes {
-			var a netip.Addr
+		ok := tr.routes.each(func(k [16]byte, l int, r Result) bool {
+			a := netip.AddrFrom16(k)
 			if tr.bits == 32 {
-				a = netip.AddrFrom4([4]byte(k.addr[:4]))
-			} else {
-				a = netip.AddrFrom16(k.addr)
+				a = netip.AddrFrom4([4]byte(k[:4]))
 			}
-			if !fn(Route{netip.PrefixFrom(a, int(k.bits)), r}) {
-				return
-			}
+			return fn(Route{netip.PrefixFrom(a, l), r})
+		})
+		if !ok {
+			return
 		}
 	}
 }
@@ -390,7 +485,7 @@ func (t *Table) Stats() Stats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := Stats{
-		Routes4: len(t.v4.routes), Routes6: len(t.v6.routes),
+		Routes4: t.v4.routes.n, Routes6: t.v6.routes.n,
 		Groups4: t.v4.used, Groups4Of: t.v4.ngroups, Groups6: t.v6.used, Groups6Of: t.v6.ngroups,
 		Nexthops: t.nh.live, ECMPGroups: t.ecmp.live, GracePeriods: t.graces.Load(),
 	}

@@ -1,6 +1,7 @@
 package fib
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -16,10 +17,111 @@ var ErrNotFound = errors.New("prefix not in fib")
 // groupSize is the number of entries of a second-level group (8 bits).
 const groupSize = 256
 
-// pkey identifies a prefix inside one family's trie.
-type pkey struct {
-	addr [16]byte
-	bits uint8
+// routeSet is one family's routes: a map per prefix length keyed by the
+// masked address in compact form (a uint32 for IPv4), so a full table's
+// maps stay small and cache-friendly.
+type routeSet struct {
+	v4  bool
+	by4 [33]map[uint32]Result
+	by6 [129]map[[2]uint64]Result
+	n   int
+}
+
+func key4(a *[16]byte) uint32 { return binary.BigEndian.Uint32(a[:4]) }
+
+func key6(a *[16]byte) [2]uint64 {
+	return [2]uint64{binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])}
+}
+
+// has reports whether any route of length n exists.
+func (rs *routeSet) has(n int) bool {
+	if rs.v4 {
+		return len(rs.by4[n]) > 0
+	}
+	return len(rs.by6[n]) > 0
+}
+
+func (rs *routeSet) get(a *[16]byte, n int) (Result, bool) {
+	var r Result
+	var ok bool
+	if rs.v4 {
+		r, ok = rs.by4[n][key4(a)]
+	} else {
+		r, ok = rs.by6[n][key6(a)]
+	}
+	return r, ok
+}
+
+func (rs *routeSet) put(a *[16]byte, n int, r Result) {
+	if rs.v4 {
+		m := rs.by4[n]
+		if m == nil {
+			m = make(map[uint32]Result)
+			rs.by4[n] = m
+		}
+		before := len(m)
+		m[key4(a)] = r
+		rs.n += len(m) - before
+		return
+	}
+	m := rs.by6[n]
+	if m == nil {
+		m = make(map[[2]uint64]Result)
+		rs.by6[n] = m
+	}
+	before := len(m)
+	m[key6(a)] = r
+	rs.n += len(m) - before
+}
+
+func (rs *routeSet) del(a *[16]byte, n int) bool {
+	if _, ok := rs.get(a, n); !ok {
+		return false
+	}
+	if rs.v4 {
+		delete(rs.by4[n], key4(a))
+	} else {
+		delete(rs.by6[n], key6(a))
+	}
+	rs.n--
+	return true
+}
+
+// grow makes room for more routes of length n before a bulk load.
+func (rs *routeSet) grow(n, more int) {
+	if rs.v4 && len(rs.by4[n]) == 0 {
+		rs.by4[n] = make(map[uint32]Result, more)
+	} else if !rs.v4 && len(rs.by6[n]) == 0 {
+		rs.by6[n] = make(map[[2]uint64]Result, more)
+	}
+}
+
+func (rs *routeSet) clear() {
+	rs.by4, rs.by6, rs.n = [33]map[uint32]Result{}, [129]map[[2]uint64]Result{}, 0
+}
+
+// each calls fn for every route until it returns false.
+func (rs *routeSet) each(fn func(a [16]byte, n int, r Result) bool) bool {
+	for n, m := range rs.by4 {
+		for k, r := range m {
+			var a [16]byte
+			binary.BigEndian.PutUint32(a[:4], k)
+			if !fn(a, n, r) {
+				return false
+			}
+		}
+	}
+	for n, m := range rs.by6 {
+		for k, r := range m {
+			var a [16]byte
+			binary.BigEndian.PutUint64(a[:8], k[0])
+			binary.BigEndian.PutUint64(a[8:], k[1])
+			if !fn(a, n, r) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // trie is a multibit trie: a first level of 2^first entries, then levels
@@ -44,7 +146,7 @@ type trie struct {
 	pending []uint32 // groups unpublished since the last grace period
 	used    int
 
-	routes map[pkey]Result
+	routes routeSet
 	grace  func() error
 }
 
@@ -52,7 +154,8 @@ func newTrie(bits, first int, l0, groups []uint32, grace func() error) *trie {
 	return &trie{
 		bits: bits, first: first, l0: l0, groups: groups,
 		ngroups: len(groups) / groupSize,
-		routes:  make(map[pkey]Result), grace: grace,
+		routes:  routeSet{v4: bits == 32},
+		grace:   grace,
 	}
 }
 
@@ -142,19 +245,28 @@ func (t *trie) release(g int) {
 
 // insert adds or replaces a/n.
 func (t *trie) insert(a [16]byte, n int, r Result) error {
+	a = mask(a, n)
+	if err := t.paint(a, n, r); err != nil {
+		return err
+	}
+	t.routes.put(&a, n, r)
+	return nil
+}
+
+// paint writes a/n's entries (a masked), creating groups as needed, but
+// leaves the route set alone: bulk loads fill it on another goroutine.
+func (t *trie) paint(a [16]byte, n int, r Result) error {
 	if n < 0 || n > t.bits {
 		return fmt.Errorf("prefix length %d out of range 0-%d", n, t.bits)
 	}
 	if r&^resultMask != 0 {
 		return fmt.Errorf("result %#x has bits outside the result field", uint32(r))
 	}
-	a = mask(a, n)
 	if need := t.groupsNeeded(&a, n); need > 0 {
 		if err := t.reserve(need); err != nil {
 			return err
 		}
 	}
-	t.routes[pkey{a, uint8(n)}] = r
 	tbl, base, b, s := t.l0, 0, 0, t.first
 	for n > b+s {
 		i := base + index(&a, b, s)
@@ -178,6 +290,11 @@ func (t *trie) insert(a [16]byte, n int, r Result) error {
 
 // paintInsert writes e over every entry in tbl[from:from+count], and in
 // the groups they point to, that a prefix no longer than n painted.
+//
+// Painting uses plain stores: an aligned 32-bit store is single-copy
+// atomic on every architecture Go supports, so a reader sees the old or
+// the new entry, and each entry stands alone. Only publishing and
+// unpublishing a group need the ordering of an atomic store.
 func (t *trie) paintInsert(tbl []uint32, from, count int, e uint32, n int) {
 	for i := from; i < from+count; i++ {
 		old := tbl[i]
@@ -187,7 +304,7 @@ func (t *trie) paintInsert(tbl []uint32, from, count int, e uint32, n int) {
 			continue
 		}
 		if depthOf(old) <= n && old != e {
-			atomic.StoreUint32(&tbl[i], e)
+			tbl[i] = e
 		}
 	}
 }
@@ -202,7 +319,7 @@ func (t *trie) paintDelete(tbl []uint32, from, count int, n int, parent uint32) 
 			continue
 		}
 		if depthOf(old) == n && old != parent {
-			atomic.StoreUint32(&tbl[i], parent)
+			tbl[i] = parent
 		}
 	}
 }
@@ -211,7 +328,11 @@ func (t *trie) paintDelete(tbl []uint32, from, count int, n int, parent uint32) 
 // covers a (the entry a delete uncovers), or 0 for none.
 func (t *trie) parent(a [16]byte, n int) uint32 {
 	for l := n - 1; l >= 0; l-- {
-		if r, ok := t.routes[pkey{mask(a, l), uint8(l)}]; ok {
+		if !t.routes.has(l) {
+			continue
+		}
+		m := mask(a, l)
+		if r, ok := t.routes.get(&m, l); ok {
 			return entryOf(r, l)
 		}
 	}
@@ -232,8 +353,7 @@ func (t *trie) remove(a [16]byte, n int) error {
 		return fmt.Errorf("prefix length %d out of range 0-%d", n, t.bits)
 	}
 	a = mask(a, n)
-	k := pkey{a, uint8(n)}
-	if _, ok := t.routes[k]; !ok {
+	if _, ok := t.routes.get(&a, n); !ok {
 		return ErrNotFound
 	}
 	var path []step
@@ -249,7 +369,7 @@ func (t *trie) remove(a [16]byte, n int) error {
 		tbl, base = t.groups, g*groupSize
 		b, s = b+s, 8
 	}
-	delete(t.routes, k)
+	t.routes.del(&a, n)
 	from := base + index(&a, b, s)
 	t.paintDelete(tbl, from, 1<<(b+s-n), n, t.parent(a, n))
 	for j := len(path) - 1; j >= 0; j-- {
@@ -301,7 +421,7 @@ func (t *trie) clear() error {
 	if err := t.grace(); err != nil {
 		return fmt.Errorf("wait for fib readers: %w", err)
 	}
-	clear(t.routes)
+	t.routes.clear()
 	t.free, t.pending, t.next, t.used = t.free[:0], t.pending[:0], 0, 0
 	return nil
 }
