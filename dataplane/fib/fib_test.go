@@ -34,6 +34,35 @@ func check(t *testing.T, tb *Table, ref refTable, addrs []netip.Addr, when strin
 	if bad > 0 {
 		t.FailNow()
 	}
+	// The batch API answers exactly as single lookups do.
+	r := tb.NewReader()
+	defer r.Close()
+	var v4 []uint32
+	var v6 [][16]byte
+	var want4, want6 []Result
+	for _, a := range addrs {
+		if a.Is4() {
+			b := a.As4()
+			v4 = append(v4, uint32(b[0])<<24|uint32(b[1])<<16|uint32(b[2])<<8|uint32(b[3]))
+			want4 = append(want4, ref.lookup(a))
+		} else {
+			v6 = append(v6, a.As16())
+			want6 = append(want6, ref.lookup(a))
+		}
+	}
+	out := make([]Result, len(addrs))
+	r.LookupBatch4(v4, out)
+	for i := range v4 {
+		if out[i] != want4[i] {
+			t.Fatalf("%s: batch lookup of %#x = %v, want %v", when, v4[i], out[i], want4[i])
+		}
+	}
+	r.LookupBatch6(v6, out)
+	for i := range v6 {
+		if out[i] != want6[i] {
+			t.Fatalf("%s: batch lookup of %x = %v, want %v", when, v6[i], out[i], want6[i])
+		}
+	}
 }
 
 func TestDifferential(t *testing.T) {

@@ -237,22 +237,17 @@ func (r *Reader) Lookup6(a *[16]byte) Result { return r.t.v6.lookup(a) }
 // least as long), in one read section.
 func (r *Reader) LookupBatch4(dst []uint32, out []Result) {
 	r.Begin()
-	out = out[:len(dst)]
-	t := r.t.v4
-	for i, a := range dst {
-		out[i] = t.lookup4(a)
-	}
+	r.t.v4.lookupBatch4(dst, out[:len(dst)])
 	r.End()
 }
 
-// LookupBatch6 looks up every address of dst into out, in one read section.
+// LookupBatch6 looks up every address of dst into out, in one read
+// section. It goes level by level over the whole batch, so the cache
+// misses of different addresses overlap instead of forming one chain per
+// address (27 vs 50 ns a lookup on table-drawn addresses).
 func (r *Reader) LookupBatch6(dst [][16]byte, out []Result) {
 	r.Begin()
-	out = out[:len(dst)]
-	t := r.t.v6
-	for i := range dst {
-		out[i] = t.lookup(&dst[i])
-	}
+	r.t.v6.lookupBatch(dst, out[:len(dst)])
 	r.End()
 }
 
