@@ -32,7 +32,7 @@ struct probe_io {
 	__u64 sum;
 };
 
-#define PROBE_ADDRS (1 << 16)
+#define PROBE_ADDRS (1 << 20)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

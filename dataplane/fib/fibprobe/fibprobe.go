@@ -86,7 +86,7 @@ func (p *Probe) Run(io IO) (IO, error) {
 }
 
 // Addrs is how many addresses SetAddrs takes.
-const Addrs = 1 << 16
+const Addrs = 1 << 20
 
 // SetAddrs fills the probe's address array (IPv4, host order) for Bench.
 func (p *Probe) SetAddrs(addrs []uint32) error {
