@@ -1,0 +1,510 @@
+//go:build ignore
+
+// xdp_router: classifies every frame of an interface and either forwards it
+// (engine "xdp": FIB lookup, MAC rewrite, TTL/hop limit decrement with an
+// incremental checksum update, devmap redirect), hands it to the AF_XDP
+// socket of its queue (engine "afxdp"), drops it (blackhole, malformed) or
+// passes it to the Linux stack untouched (every exception, engine "pass").
+// A frame is rewritten only once it is certain to be redirected.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "fib.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+enum engine {
+	ENGINE_PASS = 0,
+	ENGINE_XDP = 1,
+	ENGINE_AFXDP = 2,
+};
+
+enum fib_source {
+	SOURCE_FIB = 0,    // our FIB (fib.h)
+	SOURCE_KERNEL = 1, // bpf_fib_lookup: the kernel's FIB and neighbours
+	SOURCE_STATIC = 2, // no lookup: every forwardable frame to static_* (the ceiling)
+};
+
+// counter indexes one per-interface counter; names in dataplane/xdp.
+enum counter {
+	C_RX_PACKETS,
+	C_RX_BYTES,
+	C_FORWARDED,
+	C_FORWARDED_BYTES,
+	C_TO_AFXDP,
+	C_REDIRECT_ERR, // egress not in the devmap: passed to the kernel
+	// To the kernel, by reason.
+	C_PASS_ENGINE, // the interface's engine is "pass"
+	C_PASS_NON_IP,
+	C_PASS_ARP,
+	C_PASS_VLAN,
+	C_PASS_L2_MULTICAST, // multicast or broadcast destination MAC
+	C_PASS_IP_MULTICAST, // multicast or broadcast destination address
+	C_PASS_MARTIAN,      // loopback, unspecified or multicast source, 0/8 ...
+	C_PASS_LINK_LOCAL,
+	C_PASS_LOCAL, // a local address of the router
+	C_PASS_TTL,   // TTL or hop limit <= 1
+	C_PASS_IP_OPTIONS,
+	C_PASS_EXT_HEADER,
+	C_PASS_NO_ROUTE,
+	C_PASS_UNREACHABLE,
+	C_PASS_PROHIBIT,
+	C_PASS_KERNEL_ROUTE, // throw, broadcast and other routes for the kernel
+	C_PASS_NEIGHBOUR,    // nexthop unresolved, incomplete or failed
+	C_PASS_MTU,          // larger than the egress MTU
+	C_PASS_NO_XSK,       // engine afxdp with no socket on this queue
+	// Dropped, by reason.
+	C_DROP_MALFORMED,
+	C_DROP_CHECKSUM,
+	C_DROP_BLACKHOLE,
+	C_MAX,
+};
+
+// iface is an ingress interface's configuration.
+struct iface {
+	__u32 engine;
+	__u32 slot; // counters and XSKMAP row
+};
+
+struct counters {
+	__u64 c[C_MAX];
+};
+
+#define MAX_IFACES 64
+#define MAX_QUEUES 64
+
+// n_counters lets the loader check its counter names against the enum.
+volatile const __u32 n_counters = C_MAX;
+volatile const __u32 fib_source = SOURCE_FIB;
+volatile const __u32 static_ifindex;
+volatile const __u8 static_smac[6];
+volatile const __u8 static_dmac[6];
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32); // ifindex
+	__type(value, struct iface);
+} ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32); // slot
+	__type(value, struct counters);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); // network order
+	__type(value, __u8);
+} local4 SEC(".maps");
+
+struct addr6 {
+	__u8 a[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct addr6);
+	__type(value, __u8);
+} local6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+} tx_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MAX_IFACES * MAX_QUEUES);
+	__type(key, __u32); // slot * MAX_QUEUES + queue
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+// hop is where a forwardable frame goes.
+struct hop {
+	__u32 ifindex;
+	__u16 mtu; // 0: checked by the lookup already
+	__u8 smac[6];
+	__u8 dmac[6];
+};
+
+struct pkt {
+	void *data;
+	void *end;
+	struct counters *c;
+	struct iface *cfg;
+	struct xdp_md *ctx;
+};
+
+static __always_inline int pass(struct pkt *p, int reason)
+{
+	p->c->c[reason]++;
+	return XDP_PASS;
+}
+
+static __always_inline int drop(struct pkt *p, int reason)
+{
+	p->c->c[reason]++;
+	return XDP_DROP;
+}
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+// pass_for_type maps a FIB result that is not a nexthop to its action.
+static __always_inline int pass_for_type(struct pkt *p, __u32 type)
+{
+	switch (type) {
+	case FIB_BLACKHOLE:
+		return drop(p, C_DROP_BLACKHOLE);
+	case FIB_UNREACHABLE:
+		return pass(p, C_PASS_UNREACHABLE);
+	case FIB_PROHIBIT:
+		return pass(p, C_PASS_PROHIBIT);
+	case FIB_LOCAL:
+		return pass(p, C_PASS_LOCAL);
+	case FIB_NONE:
+		return pass(p, C_PASS_NO_ROUTE);
+	default:
+		return pass(p, C_PASS_KERNEL_ROUTE);
+	}
+}
+
+// resolve turns a FIB result into a hop; returns -1 with the action in
+// *act when the frame is not forwarded.
+static __always_inline int resolve(struct pkt *p, __u32 res, __u32 hash, struct hop *h, int *act)
+{
+	__u32 type = fib_type(res);
+	__u32 id = fib_index(res);
+	if (type == FIB_ECMP) {
+		if (fib_ecmp_member(id, hash, &id) < 0) {
+			*act = pass(p, C_PASS_NEIGHBOUR);
+			return -1;
+		}
+	} else if (type != FIB_NEXTHOP) {
+		*act = pass_for_type(p, type);
+		return -1;
+	}
+	struct fib_nexthop *nh = fib_nexthop(id);
+	if (!nh || nh->state != FIB_NH_RESOLVED) {
+		*act = pass(p, C_PASS_NEIGHBOUR);
+		return -1;
+	}
+	h->ifindex = nh->ifindex;
+	h->mtu = nh->mtu;
+	__builtin_memcpy(h->smac, nh->smac, 6);
+	__builtin_memcpy(h->dmac, nh->dmac, 6);
+	return 0;
+}
+
+// kernel_resolve asks the kernel's FIB (bpf_fib_lookup, like xdp-forward).
+static __always_inline int kernel_resolve(struct pkt *p, struct bpf_fib_lookup *fl, struct hop *h, int *act)
+{
+	fl->ifindex = p->ctx->ingress_ifindex;
+	long rc = bpf_fib_lookup(p->ctx, fl, sizeof(*fl), 0);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		break;
+	case BPF_FIB_LKUP_RET_BLACKHOLE:
+		*act = drop(p, C_DROP_BLACKHOLE);
+		return -1;
+	case BPF_FIB_LKUP_RET_UNREACHABLE:
+		*act = pass(p, C_PASS_UNREACHABLE);
+		return -1;
+	case BPF_FIB_LKUP_RET_PROHIBIT:
+		*act = pass(p, C_PASS_PROHIBIT);
+		return -1;
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		*act = pass(p, C_PASS_NEIGHBOUR);
+		return -1;
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		*act = pass(p, C_PASS_MTU);
+		return -1;
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		*act = pass(p, C_PASS_NO_ROUTE);
+		return -1;
+	default:
+		*act = pass(p, C_PASS_KERNEL_ROUTE);
+		return -1;
+	}
+	h->ifindex = fl->ifindex;
+	h->mtu = 0; // the helper checked it
+	__builtin_memcpy(h->smac, fl->smac, 6);
+	__builtin_memcpy(h->dmac, fl->dmac, 6);
+	return 0;
+}
+
+static __always_inline void static_resolve(struct hop *h)
+{
+	h->ifindex = static_ifindex;
+	h->mtu = 0;
+	for (int i = 0; i < 6; i++) {
+		h->smac[i] = static_smac[i];
+		h->dmac[i] = static_dmac[i];
+	}
+}
+
+// send hands a forwardable frame to its engine; l3len is the IP packet's
+// length for the MTU check, ttl points at the TTL/hop limit to decrement.
+static __always_inline int send(struct pkt *p, struct hop *h, __u32 l3len)
+{
+	if (h->mtu && l3len > h->mtu)
+		return pass(p, C_PASS_MTU);
+	if (p->cfg->engine == ENGINE_AFXDP) {
+		__u32 key = p->cfg->slot * MAX_QUEUES + p->ctx->rx_queue_index;
+		if (p->ctx->rx_queue_index >= MAX_QUEUES)
+			return pass(p, C_PASS_NO_XSK);
+		int act = bpf_redirect_map(&xsks, key, XDP_PASS);
+		if (act == XDP_REDIRECT)
+			p->c->c[C_TO_AFXDP]++;
+		else
+			p->c->c[C_PASS_NO_XSK]++;
+		return act;
+	}
+	if (!bpf_map_lookup_elem(&tx_ports, &h->ifindex))
+		return pass(p, C_REDIRECT_ERR);
+	return -1; // caller rewrites, then redirects
+}
+
+static __always_inline int redirect(struct pkt *p, struct hop *h)
+{
+	struct ethhdr *eth = p->data;
+	__builtin_memcpy(eth->h_dest, h->dmac, 6);
+	__builtin_memcpy(eth->h_source, h->smac, 6);
+	p->c->c[C_FORWARDED]++;
+	p->c->c[C_FORWARDED_BYTES] += p->end - p->data;
+	return bpf_redirect_map(&tx_ports, h->ifindex, 0);
+}
+
+static __always_inline int v4_martian(__u32 a)
+{
+	__u8 top = a >> 24;
+	return top == 0 || top == 127 || (top & 0xf0) == 0xe0 || a == 0xffffffff;
+}
+
+static __always_inline int handle_v4(struct pkt *p, void *l3)
+{
+	__u8 *ip = l3;
+	if ((void *)(ip + 20) > p->end)
+		return drop(p, C_DROP_MALFORMED);
+	__u8 vihl = ip[0];
+	if ((vihl >> 4) != 4 || (vihl & 0xf) < 5)
+		return drop(p, C_DROP_MALFORMED);
+	__u32 tot = bpf_ntohs(*(__u16 *)(ip + 2));
+	if (tot < (vihl & 0xf) * 4u || (void *)ip + tot > p->end)
+		return drop(p, C_DROP_MALFORMED);
+	if ((vihl & 0xf) > 5)
+		return pass(p, C_PASS_IP_OPTIONS);
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += ((__u16 *)ip)[i];
+	if (csum_fold(sum) != 0xffff)
+		return drop(p, C_DROP_CHECKSUM);
+
+	__u32 saddr = bpf_ntohl(*(__u32 *)(ip + 12));
+	__u32 daddr = bpf_ntohl(*(__u32 *)(ip + 16));
+	if ((daddr >> 28) == 0xe || daddr == 0xffffffff)
+		return pass(p, C_PASS_IP_MULTICAST);
+	if (v4_martian(saddr) || (daddr >> 24) == 0 || (daddr >> 24) == 127)
+		return pass(p, C_PASS_MARTIAN);
+	__u32 dkey = bpf_htonl(daddr);
+	if (bpf_map_lookup_elem(&local4, &dkey))
+		return pass(p, C_PASS_LOCAL);
+	if (ip[8] <= 1)
+		return pass(p, C_PASS_TTL);
+
+	struct hop h;
+	int act = XDP_PASS;
+	if (fib_source == SOURCE_STATIC) {
+		static_resolve(&h);
+	} else if (fib_source == SOURCE_KERNEL) {
+		struct bpf_fib_lookup fl = {};
+		fl.family = AF_INET;
+		fl.tos = ip[1];
+		fl.l4_protocol = ip[9];
+		fl.tot_len = tot;
+		fl.ipv4_src = bpf_htonl(saddr);
+		fl.ipv4_dst = dkey;
+		if (kernel_resolve(p, &fl, &h, &act) < 0)
+			return act;
+	} else {
+		__u32 res = fib_lookup4(daddr);
+		__u32 hash = 0;
+		if (fib_type(res) == FIB_ECMP) {
+			__u32 ports = 0;
+			__u8 proto = ip[9];
+			__u16 frag = bpf_ntohs(*(__u16 *)(ip + 6));
+			if ((frag & 0x3fff) == 0 && (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) &&
+			    (void *)(ip + 24) <= p->end)
+				ports = bpf_ntohl(*(__u32 *)(ip + 20));
+			hash = fib_hash_word(FIB_HASH_SEED, saddr);
+			hash = fib_hash_word(hash, daddr);
+			hash = fib_hash_word(hash, ports);
+			hash = fib_hash_final(fib_hash_word(hash, proto));
+		}
+		if (resolve(p, res, hash, &h, &act) < 0)
+			return act;
+	}
+	act = send(p, &h, tot);
+	if (act >= 0)
+		return act;
+	// RFC 1624: HC' = ~(~HC + ~m + m'), m the 16-bit word holding the TTL.
+	__u16 old = *(__u16 *)(ip + 8);
+	ip[8]--;
+	__u16 new = *(__u16 *)(ip + 8);
+	__u16 *check = (__u16 *)(ip + 10);
+	*check = ~csum_fold((__u16)~*check + (__u32)(__u16)~old + new);
+	return redirect(p, &h);
+}
+
+static __always_inline int is_ext_header(__u8 nh)
+{
+	switch (nh) {
+	case 0:   // hop-by-hop
+	case 43:  // routing
+	case 44:  // fragment
+	case 51:  // AH
+	case 60:  // destination options
+	case 135: // mobility
+	case 139: // HIP
+	case 140: // shim6
+	case 253:
+	case 254:
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int handle_v6(struct pkt *p, void *l3)
+{
+	__u8 *ip = l3;
+	if ((void *)(ip + 40) > p->end)
+		return drop(p, C_DROP_MALFORMED);
+	if ((ip[0] >> 4) != 6)
+		return drop(p, C_DROP_MALFORMED);
+	__u32 plen = bpf_ntohs(*(__u16 *)(ip + 4));
+	if ((void *)(ip + 40) + plen > p->end)
+		return drop(p, C_DROP_MALFORMED);
+	__u8 *src = ip + 8, *dst = ip + 24;
+	if (dst[0] == 0xff)
+		return pass(p, C_PASS_IP_MULTICAST);
+	if ((dst[0] == 0xfe && (dst[1] & 0xc0) == 0x80) || (src[0] == 0xfe && (src[1] & 0xc0) == 0x80))
+		return pass(p, C_PASS_LINK_LOCAL);
+	__u64 shi = *(__u64 *)src, slo = *(__u64 *)(src + 8);
+	__u64 dhi = *(__u64 *)dst, dlo = *(__u64 *)(dst + 8);
+	// Multicast, unspecified (::) or loopback (::1) source; :: or ::1 destination.
+	if (src[0] == 0xff || (shi == 0 && (slo == 0 || slo == bpf_cpu_to_be64(1))) ||
+	    (dhi == 0 && (dlo == 0 || dlo == bpf_cpu_to_be64(1))))
+		return pass(p, C_PASS_MARTIAN);
+	struct addr6 key;
+	__builtin_memcpy(key.a, dst, 16);
+	if (bpf_map_lookup_elem(&local6, &key))
+		return pass(p, C_PASS_LOCAL);
+	__u8 nexthdr = ip[6];
+	if (is_ext_header(nexthdr))
+		return pass(p, C_PASS_EXT_HEADER);
+	if (ip[7] <= 1)
+		return pass(p, C_PASS_TTL);
+
+	struct hop h;
+	int act = XDP_PASS;
+	if (fib_source == SOURCE_STATIC) {
+		static_resolve(&h);
+	} else if (fib_source == SOURCE_KERNEL) {
+		struct bpf_fib_lookup fl = {};
+		fl.family = AF_INET6;
+		fl.flowinfo = *(__u32 *)ip & bpf_htonl(0x0fffffff);
+		fl.l4_protocol = nexthdr;
+		fl.tot_len = 40 + plen;
+		__builtin_memcpy(fl.ipv6_src, src, 16);
+		__builtin_memcpy(fl.ipv6_dst, dst, 16);
+		if (kernel_resolve(p, &fl, &h, &act) < 0)
+			return act;
+	} else {
+		__u32 res = fib_lookup6(dst);
+		__u32 hash = 0;
+		if (fib_type(res) == FIB_ECMP) {
+			__u32 ports = 0;
+			if ((nexthdr == IPPROTO_TCP || nexthdr == IPPROTO_UDP || nexthdr == IPPROTO_SCTP) &&
+			    (void *)(ip + 44) <= p->end)
+				ports = bpf_ntohl(*(__u32 *)(ip + 40));
+			hash = FIB_HASH_SEED;
+			for (int i = 0; i < 16; i += 4)
+				hash = fib_hash_word(hash, bpf_ntohl(*(__u32 *)(src + i)));
+			for (int i = 0; i < 16; i += 4)
+				hash = fib_hash_word(hash, bpf_ntohl(*(__u32 *)(dst + i)));
+			hash = fib_hash_word(hash, ports);
+			hash = fib_hash_final(fib_hash_word(hash, nexthdr));
+		}
+		if (resolve(p, res, hash, &h, &act) < 0)
+			return act;
+	}
+	act = send(p, &h, 40 + plen);
+	if (act >= 0)
+		return act;
+	ip[7]--;
+	return redirect(p, &h);
+}
+
+SEC("xdp")
+int xdp_router(struct xdp_md *ctx)
+{
+	struct pkt p = {
+		.data = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+		.ctx = ctx,
+	};
+	__u32 ifindex = ctx->ingress_ifindex;
+	p.cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
+	if (!p.cfg)
+		return XDP_PASS; // not an interface of ours
+	__u32 slot = p.cfg->slot;
+	p.c = bpf_map_lookup_elem(&counters, &slot);
+	if (!p.c)
+		return XDP_PASS;
+	p.c->c[C_RX_PACKETS]++;
+	p.c->c[C_RX_BYTES] += p.end - p.data;
+
+	struct ethhdr *eth = p.data;
+	if ((void *)(eth + 1) > p.end)
+		return drop(&p, C_DROP_MALFORMED);
+	if (p.cfg->engine == ENGINE_PASS)
+		return pass(&p, C_PASS_ENGINE);
+	if (eth->h_dest[0] & 1)
+		return pass(&p, C_PASS_L2_MULTICAST);
+	__u16 proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		// VLAN subinterfaces are the kernel's: validate the tag, pass it.
+		if ((void *)(eth + 1) + 4 > p.end)
+			return drop(&p, C_DROP_MALFORMED);
+		return pass(&p, C_PASS_VLAN);
+	}
+	if (proto == bpf_htons(ETH_P_IP))
+		return handle_v4(&p, eth + 1);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return handle_v6(&p, eth + 1);
+	if (proto == bpf_htons(ETH_P_ARP))
+		return pass(&p, C_PASS_ARP);
+	return pass(&p, C_PASS_NON_IP);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

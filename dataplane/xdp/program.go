@@ -1,0 +1,338 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/xdprouter/xdprouter/dataplane/fib"
+)
+
+// Engine is what an interface does with forwardable frames.
+type Engine uint32
+
+// Engines, as in bpf/router.c.
+const (
+	EnginePass  Engine = iota // everything to the Linux stack
+	EngineXDP                 // forward in the kernel: rewrite and devmap redirect
+	EngineAFXDP               // to the AF_XDP socket of the frame's queue
+)
+
+var engineNames = [...]string{"pass", "xdp", "afxdp"}
+
+func (e Engine) String() string {
+	if int(e) < len(engineNames) {
+		return engineNames[e]
+	}
+	return fmt.Sprintf("engine%d", uint32(e))
+}
+
+// ParseEngine parses "pass", "xdp" or "afxdp".
+func ParseEngine(s string) (Engine, error) {
+	for i, n := range engineNames {
+		if n == s {
+			return Engine(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown engine %q: use pass, xdp or afxdp", s)
+}
+
+// Source is where the program looks routes up.
+type Source uint32
+
+// Sources, as in bpf/router.c.
+const (
+	SourceFIB    Source = iota // xdprouter's FIB (dataplane/fib)
+	SourceKernel               // bpf_fib_lookup: the kernel's FIB, like xdp-forward
+	SourceStatic               // no lookup: every forwardable frame to one hop (a ceiling)
+)
+
+func (s Source) String() string {
+	return [...]string{"fib", "kernel", "static"}[s%3]
+}
+
+// StaticHop is where SourceStatic sends everything.
+type StaticHop struct {
+	Ifindex        int
+	SrcMAC, DstMAC net.HardwareAddr
+}
+
+// Options configure a program.
+type Options struct {
+	Source Source
+	Static StaticHop // for SourceStatic
+}
+
+// MaxIfaces and MaxQueues bound the interfaces and queues a program serves.
+const (
+	MaxIfaces = 64
+	MaxQueues = 64
+)
+
+// Program is the loaded router program and the interfaces it is attached to.
+type Program struct {
+	mu    sync.Mutex
+	objs  routerObjects
+	opts  Options
+	links map[int]link.Link // by ifindex: attachments we made
+	slots map[int]uint32    // by ifindex
+	free  []uint32
+}
+
+// Load loads the router program bound to the table's maps (table may be
+// nil for SourceKernel and SourceStatic: an empty FIB is created then).
+func Load(table *fib.Table, opts Options) (*Program, error) {
+	spec, err := loadRouter()
+	if err != nil {
+		return nil, fmt.Errorf("load router spec: %w", err)
+	}
+	var n uint32
+	if err := spec.Variables["n_counters"].Get(&n); err != nil || int(n) != len(CounterNames) {
+		return nil, fmt.Errorf("router program has %d counters, this build names %d (bpf/router.c and counters.go disagree)", n, len(CounterNames))
+	}
+	if err := spec.Variables["fib_source"].Set(uint32(opts.Source)); err != nil {
+		return nil, fmt.Errorf("set fib source: %w", err)
+	}
+	if opts.Source == SourceStatic {
+		var s, d [6]byte
+		copy(s[:], opts.Static.SrcMAC)
+		copy(d[:], opts.Static.DstMAC)
+		for name, v := range map[string]any{"static_ifindex": uint32(opts.Static.Ifindex), "static_smac": s, "static_dmac": d} {
+			if err := spec.Variables[name].Set(v); err != nil {
+				return nil, fmt.Errorf("set %s: %w", name, err)
+			}
+		}
+	}
+	var repl map[string]*ebpf.Map
+	if table != nil {
+		if repl, err = table.Maps().Bind(spec); err != nil {
+			return nil, err
+		}
+	} else {
+		// The FIB maps must still exist for the verifier; keep them tiny.
+		for _, name := range []string{"fib4_groups", "fib6_groups", "fib_nh_ptr", "fib_nh", "fib_ecmp_ptr", "fib_ecmp"} {
+			spec.Maps[name].MaxEntries = 1
+		}
+	}
+	p := &Program{opts: opts, links: map[int]link.Link{}, slots: map[int]uint32{}}
+	for i := MaxIfaces - 1; i >= 0; i-- {
+		p.free = append(p.free, uint32(i))
+	}
+	if err := spec.LoadAndAssign(&p.objs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load router program: verifier: %+v", ve)
+		}
+		return nil, fmt.Errorf("load router program: %w", err)
+	}
+	return p, nil
+}
+
+// Close detaches the program from every interface it attached to and
+// frees it; attachments made by others are not touched.
+func (p *Program) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for ifindex, l := range p.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach from ifindex %d: %w", ifindex, err))
+		}
+		delete(p.links, ifindex)
+	}
+	errs = append(errs, p.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Source returns where the program looks routes up.
+func (p *Program) Source() Source { return p.opts.Source }
+
+// Prog returns the XDP program, for BPF_PROG_RUN tests and benchmarks.
+func (p *Program) Prog() *ebpf.Program { return p.objs.XdpRouter }
+
+// Configure registers an ingress interface with an engine without
+// attaching (tests and BPF_PROG_RUN use it; Attach calls it).
+func (p *Program) Configure(ifindex int, e Engine) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.configure(ifindex, e)
+}
+
+func (p *Program) configure(ifindex int, e Engine) error {
+	if e > EngineAFXDP {
+		return fmt.Errorf("ifindex %d: unknown engine %d", ifindex, e)
+	}
+	slot, ok := p.slots[ifindex]
+	if !ok {
+		if len(p.free) == 0 {
+			return fmt.Errorf("ifindex %d: already serving %d interfaces", ifindex, MaxIfaces)
+		}
+		slot, p.free = p.free[len(p.free)-1], p.free[:len(p.free)-1]
+		// A reused slot starts from zero counters.
+		if err := p.objs.Counters.Put(slot, make([]routerCounters, ebpf.MustPossibleCPU())); err != nil {
+			return fmt.Errorf("reset counters of slot %d: %w", slot, err)
+		}
+		p.slots[ifindex] = slot
+	}
+	if err := p.objs.Ifaces.Put(uint32(ifindex), routerIface{Engine: uint32(e), Slot: slot}); err != nil {
+		return fmt.Errorf("configure ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// AttachOptions control one attachment.
+type AttachOptions struct {
+	// Generic attaches in generic (SKB) mode instead of native: slower,
+	// only for drivers without native XDP. Logged.
+	Generic bool
+}
+
+// Attach attaches the program to an interface (like `ip link set IF xdp
+// obj router.o`, but as a bpf_link) with the given engine, and adds the
+// interface to the redirect map. It must be called in the interface's
+// network namespace.
+func (p *Program) Attach(ifindex int, e Engine, o AttachOptions) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.links[ifindex]; ok {
+		return p.configure(ifindex, e)
+	}
+	if err := p.configure(ifindex, e); err != nil {
+		return err
+	}
+	if err := p.addEgress(ifindex); err != nil {
+		return err
+	}
+	flags := link.XDPDriverMode
+	if o.Generic {
+		flags = link.XDPGenericMode
+		slog.Warn("attaching XDP in generic mode: slower than native", "ifindex", ifindex)
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: p.objs.XdpRouter, Interface: ifindex, Flags: flags})
+	if err != nil {
+		return fmt.Errorf("attach xdp to ifindex %d (%s mode): %w", ifindex, map[bool]string{false: "native", true: "generic"}[o.Generic], err)
+	}
+	p.links[ifindex] = l
+	return nil
+}
+
+// Detach removes the program from an interface it attached to.
+func (p *Program) Detach(ifindex int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l, ok := p.links[ifindex]
+	if !ok {
+		return fmt.Errorf("ifindex %d: not attached by this program", ifindex)
+	}
+	delete(p.links, ifindex)
+	var errs []error
+	errs = append(errs, l.Close())
+	if err := p.objs.Ifaces.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
+	if slot, ok := p.slots[ifindex]; ok {
+		delete(p.slots, ifindex)
+		p.free = append(p.free, slot)
+	}
+	return errors.Join(errs...)
+}
+
+// SetEngine changes an interface's engine at once.
+func (p *Program) SetEngine(ifindex int, e Engine) error {
+	return p.Configure(ifindex, e)
+}
+
+// AddEgress lets the program redirect to an interface (a devmap entry). It
+// must be called in the interface's network namespace.
+func (p *Program) AddEgress(ifindex int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.addEgress(ifindex)
+}
+
+func (p *Program) addEgress(ifindex int) error {
+	v := routerBpfDevmapVal{Ifindex: uint32(ifindex)}
+	if err := p.objs.TxPorts.Put(uint32(ifindex), v); err != nil {
+		return fmt.Errorf("add ifindex %d to the redirect map: %w", ifindex, err)
+	}
+	return nil
+}
+
+// RemoveEgress stops redirects to an interface; frames routed there go to
+// the kernel.
+func (p *Program) RemoveEgress(ifindex int) error {
+	if err := p.objs.TxPorts.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("remove ifindex %d from the redirect map: %w", ifindex, err)
+	}
+	return nil
+}
+
+// AddLocal marks an address as the router's own: frames to it go to the
+// kernel.
+func (p *Program) AddLocal(a netip.Addr) error {
+	a = a.Unmap()
+	var err error
+	if a.Is4() {
+		b := a.As4()
+		err = p.objs.Local4.Put(b, uint8(1))
+	} else {
+		err = p.objs.Local6.Put(a.As16(), uint8(1))
+	}
+	if err != nil {
+		return fmt.Errorf("add local address %s: %w", a, err)
+	}
+	return nil
+}
+
+// RemoveLocal forgets a local address.
+func (p *Program) RemoveLocal(a netip.Addr) error {
+	a = a.Unmap()
+	var err error
+	if a.Is4() {
+		b := a.As4()
+		err = p.objs.Local4.Delete(b)
+	} else {
+		err = p.objs.Local6.Delete(a.As16())
+	}
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("remove local address %s: %w", a, err)
+	}
+	return nil
+}
+
+// XSKMap returns the AF_XDP socket map; socket (slot, queue) goes at key
+// slot*MaxQueues + queue.
+func (p *Program) XSKMap() *ebpf.Map { return p.objs.Xsks }
+
+// Slot returns an interface's counter and XSKMAP slot.
+func (p *Program) Slot(ifindex int) (uint32, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.slots[ifindex]
+	return s, ok
+}
+
+// Counters returns an interface's counters summed over CPUs.
+func (p *Program) Counters(ifindex int) (Counters, error) {
+	slot, ok := p.Slot(ifindex)
+	if !ok {
+		return Counters{}, fmt.Errorf("ifindex %d: not served by this program", ifindex)
+	}
+	var per []routerCounters
+	if err := p.objs.Counters.Lookup(slot, &per); err != nil {
+		return Counters{}, fmt.Errorf("read counters of ifindex %d: %w", ifindex, err)
+	}
+	var c Counters
+	for _, v := range per {
+		for i := range c {
+			c[i] += v.C[i]
+		}
+	}
+	return c, nil
+}
