@@ -434,7 +434,9 @@ func TestECMP(t *testing.T) {
 	}
 }
 
-func be32(b []byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+func be32(b []byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
 
 // TestSources checks the kernel-FIB and static variants forward the same
 // frame to the same place as our FIB does (the lab's kernel routes
