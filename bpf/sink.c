@@ -1,9 +1,10 @@
 //go:build ignore
 
-// xdpsink: counts every frame per CPU and drops it. Frames that carry UDP to
-// the configured destination port (the generator's) are counted apart, with
-// their smallest and largest length, so tests can assert exact counts and
-// exact frame sizes whatever else the link carries (ND, MLD).
+// xdpsink: counts every frame per CPU. Frames that carry UDP to the
+// configured destination port (the generator's) are counted apart, with
+// their smallest and largest length, and dropped; everything else (ARP, ND,
+// MLD) goes on to the kernel, so the sink's host still answers neighbour
+// resolution like a real next hop.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -72,18 +73,18 @@ int xdpsink(struct xdp_md *ctx)
 	__u32 key = 0;
 	struct sink_counters *c = bpf_map_lookup_elem(&sink_counts, &key);
 	if (!c)
-		return XDP_DROP;
+		return XDP_PASS;
 	__u64 len = end - data;
 	c->packets++;
 	c->bytes += len;
-	if (is_test_udp(data, end)) {
-		c->matched_packets++;
-		c->matched_bytes += len;
-		if (c->matched_min_len == 0 || len < c->matched_min_len)
-			c->matched_min_len = len;
-		if (len > c->matched_max_len)
-			c->matched_max_len = len;
-	}
+	if (!is_test_udp(data, end))
+		return XDP_PASS;
+	c->matched_packets++;
+	c->matched_bytes += len;
+	if (c->matched_min_len == 0 || len < c->matched_min_len)
+		c->matched_min_len = len;
+	if (len > c->matched_max_len)
+		c->matched_max_len = len;
 	return XDP_DROP;
 }
 

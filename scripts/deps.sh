@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, generating and testing xdprouter need, only when
 # it is missing (safe to run again): clang/llvm and libbpf headers for the
-# BPF programs, iproute2 and ethtool for inspecting the lab by hand.
+# BPF programs, iproute2 and ethtool for inspecting the lab by hand, ping
+# for the tests that check the kernel still answers what XDP passes it.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,7 @@ command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
 [ -f /usr/include/linux/bpf.h ] || need+=(linux-libc-dev)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

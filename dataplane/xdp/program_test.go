@@ -36,7 +36,7 @@ type rig struct {
 	nh   map[uint32]fib.Nexthop
 }
 
-func newRig(t *testing.T, src Source) *rig {
+func newRig(t testing.TB, src Source) *rig {
 	t.Helper()
 	testutil.Privileged(t)
 	name := testutil.LabName()
@@ -105,7 +105,7 @@ func newRig(t *testing.T, src Source) *rig {
 	return r
 }
 
-func (r *rig) setNH(t *testing.T, id uint32, nh fib.Nexthop) {
+func (r *rig) setNH(t testing.TB, id uint32, nh fib.Nexthop) {
 	t.Helper()
 	if err := r.tb.SetNexthop(id, nh); err != nil {
 		t.Fatal(err)
@@ -114,7 +114,7 @@ func (r *rig) setNH(t *testing.T, id uint32, nh fib.Nexthop) {
 }
 
 // run runs the program once on frame as if it arrived on eth1 queue q.
-func (r *rig) run(t *testing.T, frame []byte) (uint32, []byte) {
+func (r *rig) run(t testing.TB, frame []byte) (uint32, []byte) {
 	t.Helper()
 	var ret uint32
 	var out []byte
