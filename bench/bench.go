@@ -7,6 +7,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"runtime"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/xdprouter/xdprouter/bench/cpustat"
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
 	"github.com/xdprouter/xdprouter/lab"
 )
 
@@ -25,30 +27,27 @@ type Scenario struct {
 	Name string
 	// Description for tables.
 	Description string
-	// attach puts the sink where this scenario's frames end.
-	attach func(l *lab.Lab, port uint16) (*sink.Sink, error)
+	// wire counts at the router's ingress instead of the sink.
+	wire bool
+	// xdp, when set, attaches xdprouter's program with this FIB source to
+	// the router's eth1 and eth2 (engine xdp).
+	xdp *xdp.Source
 }
+
+func source(s xdp.Source) *xdp.Source { return &s }
 
 // Scenarios are the scenarios this package knows, in report order.
 var Scenarios = []Scenario{
-	{
-		Name:        "wire",
-		Description: "generator into an XDP drop on the router's eth1/eth2: the most this lab delivers",
-		attach: func(l *lab.Lab, port uint16) (*sink.Sink, error) {
-			var ifs []string
-			for _, lk := range l.Ingress {
-				ifs = append(ifs, lk.B.Name)
-			}
-			return sink.Attach(l.RouterNS, ifs, port)
-		},
-	},
-	{
-		Name:        "kernel",
-		Description: "Linux forwarding in the router namespace, eth1/eth2 -> eth3 -> sink",
-		attach: func(l *lab.Lab, port uint16) (*sink.Sink, error) {
-			return sink.Attach(l.SinkNS, []string{l.Egress.B.Name}, port)
-		},
-	},
+	{Name: "wire", wire: true,
+		Description: "generator into an XDP drop on the router's eth1/eth2: the most this lab delivers"},
+	{Name: "kernel",
+		Description: "Linux forwarding in the router namespace, eth1/eth2 -> eth3 -> sink"},
+	{Name: "xdp-kfib", xdp: source(xdp.SourceKernel),
+		Description: "XDP forwarding with bpf_fib_lookup (the kernel's FIB, like xdp-forward)"},
+	{Name: "xdp", xdp: source(xdp.SourceFIB),
+		Description: "XDP forwarding with xdprouter's FIB (engine xdp)"},
+	{Name: "xdp-static", xdp: source(xdp.SourceStatic),
+		Description: "XDP forwarding with no lookup, every frame to one hop: the ceiling"},
 }
 
 // ScenarioByName finds a scenario.
@@ -73,6 +72,16 @@ type Options struct {
 	Repeats   int           // trials per scenario (default 3)
 	GenCPUs   []int         // generator threads (default: every CPU)
 	Queues    int           // veth queues (default 2)
+	// Routes is "1" (the lab's one route, default) or "full": the full
+	// table (tablegen.Load, scaled to FullV4/FullV6 when set) in the
+	// kernel and in xdprouter's FIB, all via the lab's gateway, plus a
+	// default route so any destination is routed.
+	Routes         string
+	FullV4, FullV6 int
+	// Dst is the destinations' prefix (default: the generator's, inside
+	// one /24 or /120). A wide one, like 128.0.0.0/2 with full routes,
+	// spreads lookups across the table.
+	Dst netip.Prefix
 	// Lab to use; nil brings up a private one and removes it afterwards.
 	Lab *lab.Lab
 }
@@ -105,6 +114,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Queues == 0 {
 		o.Queues = 2
+	}
+	if o.Routes == "" {
+		o.Routes = "1"
 	}
 	return o
 }
@@ -146,6 +158,9 @@ type Report struct {
 	Rate     float64   `json:"offered_pps"` // 0 = maximum
 	Duration float64   `json:"trial_seconds"`
 	Repeats  int       `json:"repeats"`
+	Routes   string    `json:"routes"`
+	GenCPUs  int       `json:"generator_cpus"`
+	Dst      string    `json:"destinations"`
 	Results  []Result  `json:"results"`
 }
 
@@ -161,6 +176,9 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 		}
 		scen = append(scen, s)
 	}
+	if o.Routes != "1" && o.Routes != "full" {
+		return nil, fmt.Errorf("routes %q: use 1 or full", o.Routes)
+	}
 	l := o.Lab
 	if l == nil {
 		name := fmt.Sprintf("b%d", os.Getpid())
@@ -172,6 +190,14 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 		defer l.Down()
 	}
 	src, dst := gen.DefaultPrefixes(o.Family)
+	if o.Dst.IsValid() {
+		dst = o.Dst
+	}
+	rt, err := newRouter(ctx, l, o, progress)
+	if err != nil {
+		return nil, err
+	}
+	defer rt.close()
 	var links []gen.Link
 	for _, lk := range l.Ingress {
 		links = append(links, gen.Link{Iface: lk.A.Name, SrcMAC: lk.A.MAC, DstMAC: lk.B.MAC})
@@ -188,60 +214,90 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 	rep := &Report{
 		Started: time.Now().UTC(), Kernel: kernelRelease(), CPUModel: cpuModel(), CPUs: runtime.NumCPU(),
 		Layout: Layout(o.GenCPUs, l), Family: o.Family, Size: o.Size, Rate: o.Rate,
-		Duration: o.Duration.Seconds(), Repeats: o.Repeats,
+		Duration: o.Duration.Seconds(), Repeats: o.Repeats, Routes: rt.describe(), Dst: dst.String(),
+		GenCPUs: len(o.GenCPUs),
 	}
-	for _, s := range scen {
-		r, err := runScenario(ctx, s, o, l, g, progress)
-		if err != nil {
-			return rep, fmt.Errorf("scenario %s: %w", s.Name, err)
+	// Scenarios take turns, one trial each, and every trial attaches its
+	// sink and program afresh: on veth one attachment's rate differs from
+	// the next by up to ±15 % (measured), so a median over trials of one
+	// attachment would hide that, and slow drift would favour whichever
+	// scenario ran first.
+	results := make([]Result, len(scen))
+	for i, s := range scen {
+		results[i] = Result{Scenario: s.Name, Description: s.Description}
+	}
+	for rep := range o.Repeats {
+		for i, s := range scen {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			t, err := runTrial(ctx, s, l, rt, g)
+			if err != nil {
+				return nil, fmt.Errorf("scenario %s: %w", s.Name, err)
+			}
+			results[i].Trials = append(results[i].Trials, t)
+			if progress != nil {
+				progress(fmt.Sprintf("%-10s trial %d/%d: sent %d, received %d in %.2fs: %.3f Mpps, loss %.2f%%",
+					s.Name, rep+1, o.Repeats, t.Sent, t.Received, t.Seconds, t.PPS/1e6, t.LossPct))
+			}
 		}
-		rep.Results = append(rep.Results, r)
 	}
+	for i := range results {
+		summarise(&results[i])
+	}
+	rep.Results = results
 	return rep, nil
 }
 
-func runScenario(ctx context.Context, s Scenario, o Options, l *lab.Lab, g *gen.Generator, progress func(string)) (Result, error) {
-	sk, err := s.attach(l, sink.DefaultPort)
+// runTrial attaches a scenario's sink (and program), sends once, and
+// detaches.
+func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Generator) (Trial, error) {
+	var sk *sink.Sink
+	var err error
+	if s.wire {
+		var ifs []string
+		for _, lk := range l.Ingress {
+			ifs = append(ifs, lk.B.Name)
+		}
+		sk, err = sink.Attach(l.RouterNS, ifs, sink.DefaultPort)
+	} else {
+		sk, err = sink.Attach(l.SinkNS, []string{l.Egress.B.Name}, sink.DefaultPort)
+	}
 	if err != nil {
-		return Result{}, err
+		return Trial{}, err
 	}
 	defer sk.Close()
-	res := Result{Scenario: s.Name, Description: s.Description}
-	for i := range o.Repeats {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		before, err := sk.Counters()
+	if s.xdp != nil {
+		prog, err := rt.attach(*s.xdp)
 		if err != nil {
-			return res, err
+			return Trial{}, err
 		}
-		cpu0, err := cpustat.Read()
-		if err != nil {
-			return res, err
-		}
-		sent, err := g.Run(ctx)
-		if err != nil {
-			return res, err
-		}
-		cpu1, err := cpustat.Read()
-		if err != nil {
-			return res, err
-		}
-		// Whatever is still in flight lands within a few milliseconds.
-		after, err := sk.WaitMatched(ctx, before.MatchedPackets+sent.Sent, 200*time.Millisecond)
-		if err != nil {
-			return res, err
-		}
-		t := trial(sent, before, after)
-		t.CPU = cpustat.Shares(cpu0, cpu1)
-		res.Trials = append(res.Trials, t)
-		if progress != nil {
-			progress(fmt.Sprintf("%-7s trial %d/%d: sent %d, received %d in %.2fs: %.3f Mpps, loss %.2f%%",
-				s.Name, i+1, o.Repeats, t.Sent, t.Received, t.Seconds, t.PPS/1e6, t.LossPct))
-		}
+		defer prog.Close()
 	}
-	summarise(&res)
-	return res, nil
+	before, err := sk.Counters()
+	if err != nil {
+		return Trial{}, err
+	}
+	cpu0, err := cpustat.Read()
+	if err != nil {
+		return Trial{}, err
+	}
+	sent, err := g.Run(ctx)
+	if err != nil {
+		return Trial{}, err
+	}
+	cpu1, err := cpustat.Read()
+	if err != nil {
+		return Trial{}, err
+	}
+	// Whatever is still in flight lands within a few milliseconds.
+	after, err := sk.WaitMatched(ctx, before.MatchedPackets+sent.Sent, 200*time.Millisecond)
+	if err != nil {
+		return Trial{}, err
+	}
+	t := trial(sent, before, after)
+	t.CPU = cpustat.Shares(cpu0, cpu1)
+	return t, nil
 }
 
 func trial(sent gen.Result, before, after sink.Counters) Trial {

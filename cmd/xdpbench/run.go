@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -14,8 +15,8 @@ import (
 
 // benchFlags are the options shared by run and demo.
 type benchFlags struct {
-	scenarios, cpus string
-	opts            bench.Options
+	scenarios, cpus, dst string
+	opts                 bench.Options
 }
 
 func (b *benchFlags) register(cmd *cobra.Command, trial time.Duration) {
@@ -32,11 +33,21 @@ func (b *benchFlags) register(cmd *cobra.Command, trial time.Duration) {
 	f.IntVar(&b.opts.Repeats, "repeats", 3, "trials per scenario; the median is reported")
 	f.StringVar(&b.cpus, "cpus", "", "generator CPUs, one thread each (default: all)")
 	f.IntVarP(&b.opts.Queues, "queues", "q", 2, "queues per veth of the lab")
+	f.StringVar(&b.opts.Routes, "routes", "1", "1 (the lab's route) or full (the full table in the kernel and the FIB, plus default routes)")
+	f.IntVar(&b.opts.FullV4, "full-v4", 0, "with --routes full: scale the IPv4 table up to this many prefixes (e.g. 1040000)")
+	f.IntVar(&b.opts.FullV6, "full-v6", 0, "with --routes full: scale the IPv6 table up to this many prefixes (e.g. 220000)")
+	f.StringVar(&b.dst, "dst", "", "destination prefix (default 198.19.0.0/24 or 2001:2:0:ff00::/120; with --routes full, e.g. 128.0.0.0/2 spreads lookups across the table)")
 }
 
 func (b *benchFlags) options() (bench.Options, error) {
 	o := b.opts
 	o.Scenarios = strings.Split(b.scenarios, ",")
+	if b.dst != "" {
+		var err error
+		if o.Dst, err = netip.ParsePrefix(b.dst); err != nil {
+			return o, fmt.Errorf("--dst: %w", err)
+		}
+	}
 	if b.cpus != "" {
 		var err error
 		if o.GenCPUs, err = cpustat.ParseList(b.cpus); err != nil {
@@ -60,18 +71,27 @@ func newRunCmd() *cobra.Command {
 		Long: `Brings up a private lab, runs each scenario --repeats times for --duration
 with the generator at --rate (default: maximum), and prints one row per
 scenario. Scenarios:
-  wire    generator into an XDP drop on the router's eth1/eth2: the most this
-          lab can deliver, the baseline every other row is divided by
-  kernel  Linux forwarding in the router namespace, eth1/eth2 -> eth3 -> sink
+  wire        generator into an XDP drop on the router's eth1/eth2: the most
+              this lab can deliver, the baseline every other row is divided by
+  kernel      Linux forwarding in the router namespace, eth1/eth2 -> eth3 -> sink
+  xdp-kfib    XDP forwarding with bpf_fib_lookup (the kernel's FIB, like
+              xdp-forward): the peer xdprouter's FIB must beat
+  xdp         XDP forwarding with xdprouter's FIB (engine xdp)
+  xdp-static  XDP forwarding with no lookup, every frame to one hop: the ceiling
 
 Columns: Mpps is the median over trials of frames received per second (at
 the sink) over the generator's sending time; [min - max] the spread over
 trials; Mbit/s the median's throughput with FCS; loss % the median of
 (sent - received) / sent; "vs" the ratio of medians to the first row;
 cpuN si/sy/us/id the softirq, system, user and idle share of each CPU from
-/proc/stat during the median trial.`,
+/proc/stat during the median trial.
+
+With --routes full the table (../shared/data or its synthetic twin) is
+installed into the kernel over netlink and loaded into xdprouter's FIB,
+every prefix via the lab's gateway, plus default routes.`,
 		Example: `  xdpbench run
-  xdpbench run --scenarios kernel --size 1518 --repeats 5 --json`,
+  xdpbench run --scenarios kernel --size 1518 --repeats 5 --json
+  xdpbench run --routes full --dst 128.0.0.0/2 --scenarios kernel,xdp-kfib,xdp`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o, err := bf.options()
 			if err != nil {

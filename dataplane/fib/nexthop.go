@@ -139,6 +139,28 @@ func (s *slots[T]) del(id uint32) error {
 	return nil
 }
 
+// rebuild recovers the slot allocator from reopened maps.
+func (s *slots[T]) rebuild() {
+	used := make([]bool, len(s.data))
+	s.live, s.next, s.free, s.pending = 0, 0, s.free[:0], s.pending[:0]
+	for id := 0; id < s.ids(); id++ {
+		if p := s.ptr[2*id]; p != 0 && int(p) <= len(s.data) {
+			used[p-1] = true
+			s.live++
+		}
+	}
+	for i, u := range used {
+		if u {
+			s.next = i + 1
+		}
+	}
+	for i := 0; i < s.next; i++ {
+		if !used[i] {
+			s.free = append(s.free, uint32(i))
+		}
+	}
+}
+
 // get copies the value of id; readers call it between Begin and End.
 func (s *slots[T]) get(id uint32) (T, bool) {
 	var zero T

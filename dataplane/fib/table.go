@@ -18,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -25,6 +27,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdprouter/xdprouter/dataplane/bpffs"
 )
 
 // Config sizes a table; zero fields take the defaults.
@@ -39,6 +43,10 @@ type Config struct {
 	Nexthops int
 	// ECMPGroups is the number of ECMP group IDs (default 4096).
 	ECMPGroups int
+	// PinPath, when set, is a directory on bpffs where the table's maps
+	// are pinned: a new table with the same path and sizes reopens them,
+	// forwarding state and all (see Reopened).
+	PinPath string
 }
 
 func (c Config) withDefaults() Config {
@@ -82,6 +90,9 @@ type Table struct {
 	readersMu sync.Mutex
 	readers   map[*Reader]struct{}
 	graces    atomic.Uint64
+
+	pinned   []*ebpf.Map
+	reopened int // maps found pinned
 }
 
 // Maps are the BPF maps of a table, for the XDP program loader to pass as
@@ -119,11 +130,48 @@ func New(cfg Config) (*Table, error) {
 		return nil, fmt.Errorf("fib config: %w", err)
 	}
 	t := &Table{cfg: cfg, readers: map[*Reader]struct{}{}}
+	if cfg.PinPath != "" {
+		if err := bpffs.Ensure(cfg.PinPath); err != nil {
+			return nil, err
+		}
+	}
 	if err := t.create(); err != nil {
 		t.Close()
 		return nil, err
 	}
+	switch {
+	case t.reopened == 0:
+	case t.reopened == len(t.pinned):
+		t.rebuild()
+	default:
+		t.Close()
+		return nil, fmt.Errorf("fib pins in %s: only %d of %d maps were there: remove the directory and start again", cfg.PinPath, t.reopened, len(t.pinned))
+	}
 	return t, nil
+}
+
+// Reopened reports whether the table reopened pinned maps. Such a table
+// forwards as before but knows no routes: Load the same routes again
+// (a route that has not changed rewrites nothing, so readers see no
+// change) before deleting any.
+func (t *Table) Reopened() bool { return t.reopened > 0 }
+
+// Unpin removes the table's pins: the maps go when the last user closes.
+func (t *Table) Unpin() error {
+	var errs []error
+	for _, m := range t.pinned {
+		errs = append(errs, m.Unpin())
+	}
+	return errors.Join(errs...)
+}
+
+// rebuild recovers the allocators' state from reopened maps: groups
+// reachable from the first levels are in use, slots pointed to are live.
+func (t *Table) rebuild() {
+	t.v4.rebuild()
+	t.v6.rebuild()
+	t.nh.rebuild()
+	t.ecmp.rebuild()
 }
 
 func (t *Table) create() error {
@@ -185,10 +233,28 @@ func (t *Table) rows(name string, n int) (mapped, error) {
 // mmapArray creates an mmapable BPF array and maps it read-write. The
 // kernel lays values out with an 8-byte-aligned stride.
 func (t *Table) mmapArray(name string, valueSize, n int) (*ebpf.Map, []byte, error) {
-	m, err := ebpf.NewMap(&ebpf.MapSpec{
+	spec := &ebpf.MapSpec{
 		Name: name, Type: ebpf.Array, KeySize: 4, ValueSize: uint32(valueSize),
 		MaxEntries: uint32(n), Flags: unix.BPF_F_MMAPABLE,
-	})
+	}
+	var opts ebpf.MapOptions
+	existed := false
+	if t.cfg.PinPath != "" {
+		spec.Pinning = ebpf.PinByName
+		opts.PinPath = t.cfg.PinPath
+		_, err := os.Stat(filepath.Join(t.cfg.PinPath, name))
+		existed = err == nil
+	}
+	m, err := ebpf.NewMapWithOptions(spec, opts)
+	if err != nil && existed {
+		return nil, nil, fmt.Errorf("reopen pinned fib map %s in %s (sizes changed? remove the directory): %w", name, t.cfg.PinPath, err)
+	}
+	if err == nil && t.cfg.PinPath != "" {
+		t.pinned = append(t.pinned, m)
+		if existed {
+			t.reopened++
+		}
+	}
 	if err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return nil, nil, fmt.Errorf("create fib map %s: %w (needs CAP_BPF: run as root)", name, err)

@@ -425,3 +425,35 @@ func (t *trie) clear() error {
 	t.free, t.pending, t.next, t.used = t.free[:0], t.pending[:0], 0, 0
 	return nil
 }
+
+// rebuild recovers next, free and used from the tables after reopening
+// pinned maps: every group reachable from the first level is in use.
+func (t *trie) rebuild() {
+	inUse := make([]bool, t.ngroups)
+	var walk func(tbl []uint32)
+	walk = func(tbl []uint32) {
+		for _, e := range tbl {
+			if e&extBit == 0 {
+				continue
+			}
+			g := int(e & groupMask)
+			if g < t.ngroups && !inUse[g] {
+				inUse[g] = true
+				walk(t.groups[g*groupSize : (g+1)*groupSize])
+			}
+		}
+	}
+	walk(t.l0)
+	t.next, t.used, t.free, t.pending = 0, 0, t.free[:0], t.pending[:0]
+	for g, u := range inUse {
+		if u {
+			t.used++
+			t.next = g + 1
+		}
+	}
+	for g := 0; g < t.next; g++ {
+		if !inUse[g] {
+			t.free = append(t.free, uint32(g))
+		}
+	}
+}

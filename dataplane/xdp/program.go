@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/xdprouter/xdprouter/dataplane/bpffs"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 )
 
@@ -67,6 +68,11 @@ type StaticHop struct {
 type Options struct {
 	Source Source
 	Static StaticHop // for SourceStatic
+	// PinPath, when set, is a directory on bpffs where the program's own
+	// maps (interfaces, counters, local addresses, redirect and socket
+	// maps) are pinned, so a restarted daemon keeps them. The FIB pins its
+	// maps itself (fib.Config.PinPath).
+	PinPath string
 }
 
 // MaxIfaces and MaxQueues bound the interfaces and queues a program serves.
@@ -121,17 +127,51 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 		}
 	}
 	p := &Program{opts: opts, links: map[int]link.Link{}, slots: map[int]uint32{}}
-	for i := MaxIfaces - 1; i >= 0; i-- {
-		p.free = append(p.free, uint32(i))
+	copts := &ebpf.CollectionOptions{MapReplacements: repl}
+	if opts.PinPath != "" {
+		if err := bpffs.Ensure(opts.PinPath); err != nil {
+			return nil, err
+		}
+		for _, name := range pinnedMaps {
+			spec.Maps[name].Pinning = ebpf.PinByName
+		}
+		copts.Maps.PinPath = opts.PinPath
 	}
-	if err := spec.LoadAndAssign(&p.objs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+	if err := spec.LoadAndAssign(&p.objs, copts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load router program: verifier: %+v", ve)
 		}
 		return nil, fmt.Errorf("load router program: %w", err)
 	}
+	// Slots of interfaces configured before a restart stay theirs.
+	used := map[uint32]bool{}
+	var ifindex uint32
+	var cfg routerIface
+	for it := p.objs.Ifaces.Iterate(); it.Next(&ifindex, &cfg); {
+		p.slots[int(ifindex)] = cfg.Slot
+		used[cfg.Slot] = true
+	}
+	for i := MaxIfaces - 1; i >= 0; i-- {
+		if !used[uint32(i)] {
+			p.free = append(p.free, uint32(i))
+		}
+	}
 	return p, nil
+}
+
+// pinnedMaps are the program's own maps, pinned with Options.PinPath.
+var pinnedMaps = []string{"ifaces", "counters", "local4", "local6", "tx_ports", "xsks"}
+
+// Unpin removes the program's pins.
+func (p *Program) Unpin() error {
+	var errs []error
+	for _, m := range []*ebpf.Map{p.objs.Ifaces, p.objs.Counters, p.objs.Local4, p.objs.Local6, p.objs.TxPorts, p.objs.Xsks} {
+		if m.IsPinned() {
+			errs = append(errs, m.Unpin())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Close detaches the program from every interface it attached to and
