@@ -17,7 +17,8 @@ import (
 	"strings"
 )
 
-// RealTableEnv names an environment variable that may point at the table.
+// RealTableEnv names an environment variable that may point at the table;
+// "none" makes the real table absent (tests of the synthetic fallback).
 const RealTableEnv = "XDPROUTER_BGP_TABLE"
 
 // realRelPath is where the shared data lives, relative to the project root.
@@ -49,6 +50,9 @@ func FindReal() (string, bool) {
 	if p := os.Getenv(RealTableEnv); p != "" {
 		if _, err := os.Stat(p); err == nil {
 			return p, true
+		}
+		if p == "none" {
+			return "", false
 		}
 	}
 	dir, err := os.Getwd()
@@ -168,7 +172,11 @@ func Generate(seed uint64, n4, n6 int, avoid4, avoid6 []netip.Prefix) (v4, v6 []
 		}
 	}
 	// IPv6: draw all lengths first; the /32s (and shorter) are placed at
-	// random and become the allocations longer prefixes cluster under.
+	// random and become the allocations longer prefixes cluster under, as
+	// in real tables: a quarter of the allocations hold every longer
+	// prefix, those of /40 and longer within four /40s of their allocation. This gives the real
+	// table's sharing of second-level groups (about one group per four
+	// prefixes), not one chain of groups per prefix.
 	pick6 := sampler(lengths6)
 	ls := make([]int, n6)
 	for i := range ls {
@@ -177,11 +185,15 @@ func Generate(seed uint64, n4, n6 int, avoid4, avoid6 []netip.Prefix) (v4, v6 []
 	slices.Sort(ls)
 	var pool []netip.Prefix
 	for _, l := range ls {
-		for {
+		for try := 0; ; try++ {
 			a := rand6(rng)
-			if l > 32 && len(pool) > 0 {
-				base := pool[rng.IntN(len(pool))].Addr().As16()
+			if l > 32 && len(pool) > 0 && try < 64 {
+				active := pool[:max(1, len(pool)/4)]
+				base := active[rng.IntN(len(active))].Addr().As16()
 				copy(a[:4], base[:4])
+				if l >= 40 {
+					a[4] = byte(rng.IntN(4))
+				}
 			}
 			p, _ := netip.AddrFrom16(a).Prefix(l)
 			if seen[p] {
