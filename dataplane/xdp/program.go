@@ -376,3 +376,13 @@ func (p *Program) Counters(ifindex int) (Counters, error) {
 	}
 	return c, nil
 }
+
+// IsLocal reports whether an address is in the program's local map.
+func (p *Program) IsLocal(a netip.Addr) bool {
+	a = a.Unmap()
+	var v uint8
+	if a.Is4() {
+		return p.objs.Local4.Lookup(a.As4(), &v) == nil
+	}
+	return p.objs.Local6.Lookup(a.As16(), &v) == nil
+}

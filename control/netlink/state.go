@@ -1,0 +1,369 @@
+package netlink
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	vnl "github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdprouter/xdprouter/dataplane/fib"
+)
+
+// link is what the mirror knows of an interface.
+type link struct {
+	name  string
+	up    bool
+	mtu   int
+	mac   net.HardwareAddr
+	serve bool
+}
+
+// neigh is a neighbour entry.
+type neigh struct {
+	mac   net.HardwareAddr
+	state int
+}
+
+// hop is one way out of a route: an interface and, for gateway routes,
+// the gateway (for a connected route, no gateway).
+type hop struct {
+	ifindex int
+	gw      netip.Addr
+}
+
+// route is a kernel route of one (table, prefix, metric).
+type route struct {
+	typ      int
+	protocol int
+	hops     []hop
+	mtu      int
+}
+
+// rkey identifies a kernel route.
+type rkey struct {
+	table  int
+	prefix netip.Prefix
+	metric int
+}
+
+// nhKey identifies a FIB nexthop: the neighbour (ifindex, address) whose
+// MAC it uses.
+type nhKey struct {
+	ifindex int
+	addr    netip.Addr
+}
+
+type nexthop struct {
+	id   uint32
+	refs int
+	mtu  int // route MTU (0: the link's)
+}
+
+type ecmpGroup struct {
+	id      uint32
+	refs    int
+	members []uint32
+}
+
+// usable says whether a neighbour state has a MAC worth forwarding to.
+func usable(state int) bool {
+	return state&(vnl.NUD_REACHABLE|vnl.NUD_STALE|vnl.NUD_DELAY|vnl.NUD_PROBE|vnl.NUD_PERMANENT|vnl.NUD_NOARP) != 0
+}
+
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}
+
+func prefixOf(n *net.IPNet, family int) netip.Prefix {
+	if n == nil {
+		if family == vnl.FAMILY_V6 {
+			return netip.MustParsePrefix("::/0")
+		}
+		return netip.MustParsePrefix("0.0.0.0/0")
+	}
+	a := addrOf(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a, ones).Masked()
+}
+
+// routeOf converts a netlink route; ok is false for routes the mirror
+// ignores (other tables, TOS routes, cached clones).
+func (m *Mirror) routeOf(r vnl.Route) (rkey, route, bool) {
+	if r.Tos != 0 || r.Flags&unix.RTM_F_CLONED != 0 || r.Table != m.cfg.Table {
+		return rkey{}, route{}, false
+	}
+	k := rkey{table: r.Table, prefix: prefixOf(r.Dst, r.Family), metric: r.Priority}
+	if !k.prefix.IsValid() {
+		return rkey{}, route{}, false
+	}
+	v := route{typ: r.Type, protocol: int(r.Protocol), mtu: r.MTU}
+	if len(r.MultiPath) > 0 {
+		for _, nh := range r.MultiPath {
+			v.hops = append(v.hops, hop{ifindex: nh.LinkIndex, gw: addrOf(nh.Gw)})
+		}
+	} else if r.LinkIndex != 0 {
+		v.hops = []hop{{ifindex: r.LinkIndex, gw: addrOf(r.Gw)}}
+	}
+	return k, v, true
+}
+
+// best returns the route the kernel uses for a prefix: the lowest metric.
+func (m *Mirror) best(p netip.Prefix) (route, bool) {
+	var b route
+	bm, found := 0, false
+	for _, metric := range m.metrics[p] {
+		r := m.routes[rkey{table: m.cfg.Table, prefix: p, metric: metric}]
+		if !found || metric < bm {
+			b, bm, found = r, metric, true
+		}
+	}
+	return b, found
+}
+
+// desired computes the FIB result for a prefix, acquiring the nexthops
+// and ECMP group it needs (the caller releases what the old result held).
+// ok false means no FIB entry.
+func (m *Mirror) desired(p netip.Prefix) (fib.Result, bool) {
+	r, ok := m.best(p)
+	if !ok {
+		// A neighbour host route, when no kernel route has this prefix.
+		if p.IsSingleIP() {
+			if k, ok := m.hostRoutes[p]; ok {
+				return fib.MakeResult(fib.RouteNexthop, m.acquireNH(k, 0)), true
+			}
+		}
+		return 0, false
+	}
+	switch r.typ {
+	case unix.RTN_BLACKHOLE:
+		return fib.MakeResult(fib.RouteBlackhole, 0), true
+	case unix.RTN_UNREACHABLE:
+		return fib.MakeResult(fib.RouteUnreachable, 0), true
+	case unix.RTN_PROHIBIT:
+		return fib.MakeResult(fib.RouteProhibit, 0), true
+	case unix.RTN_LOCAL:
+		return fib.MakeResult(fib.RouteLocal, 0), true
+	case unix.RTN_UNICAST:
+	default:
+		return fib.MakeResult(fib.RouteKernel, 0), true
+	}
+	// Unicast: forwardable only through gateways on interfaces we serve.
+	if len(r.hops) == 0 {
+		return fib.MakeResult(fib.RouteKernel, 0), true // nexthop objects, or no device
+	}
+	for _, h := range r.hops {
+		if !h.gw.IsValid() || !m.links[h.ifindex].serve {
+			return fib.MakeResult(fib.RouteKernel, 0), true // connected or not ours
+		}
+	}
+	if len(r.hops) == 1 {
+		return fib.MakeResult(fib.RouteNexthop, m.acquireNH(nhKey{r.hops[0].ifindex, r.hops[0].gw}, r.mtu)), true
+	}
+	if len(r.hops) > fib.MaxECMP {
+		return fib.MakeResult(fib.RouteKernel, 0), true
+	}
+	ids := make([]uint32, len(r.hops))
+	for i, h := range r.hops {
+		ids[i] = m.acquireNH(nhKey{h.ifindex, h.gw}, r.mtu)
+	}
+	return fib.MakeResult(fib.RouteECMP, m.acquireECMP(ids)), true
+}
+
+// acquireNH returns the nexthop ID for a neighbour, creating and writing
+// it when new; each call takes a reference.
+func (m *Mirror) acquireNH(k nhKey, mtu int) uint32 {
+	if nh, ok := m.nexthops[k]; ok {
+		nh.refs++
+		if mtu != 0 && (nh.mtu == 0 || mtu < nh.mtu) {
+			nh.mtu = mtu
+			m.writeNH(k, nh)
+		}
+		return nh.id
+	}
+	id := m.nhIDs.get()
+	nh := &nexthop{id: id, refs: 1, mtu: mtu}
+	m.nexthops[k] = nh
+	m.nhByID[id] = k
+	m.writeNH(k, nh)
+	if _, ok := m.neighs[k]; !ok {
+		m.resolve(k)
+	}
+	return id
+}
+
+// writeNH writes a nexthop's current state into the FIB.
+func (m *Mirror) writeNH(k nhKey, nh *nexthop) {
+	l := m.links[k.ifindex]
+	e := fib.Nexthop{Ifindex: k.ifindex, SrcMAC: l.mac, MTU: l.mtu, State: fib.Incomplete}
+	if nh.mtu != 0 && nh.mtu < e.MTU {
+		e.MTU = nh.mtu
+	}
+	n, known := m.neighs[k]
+	switch {
+	case !l.up:
+		e.State = fib.Failed
+	case known && usable(n.state) && len(n.mac) == 6:
+		e.State, e.DstMAC = fib.Resolved, n.mac
+	case known && n.state&vnl.NUD_FAILED != 0:
+		e.State = fib.Failed
+	}
+	if err := m.table.SetNexthop(nh.id, e); err != nil {
+		m.fail(fmt.Errorf("set nexthop %d (%s via ifindex %d): %w", nh.id, k.addr, k.ifindex, err))
+		return
+	}
+	m.stats.NexthopWrites++
+}
+
+func (m *Mirror) releaseNH(id uint32) {
+	k, ok := m.nhByID[id]
+	if !ok {
+		return
+	}
+	nh := m.nexthops[k]
+	if nh.refs--; nh.refs == 0 {
+		delete(m.nexthops, k)
+		delete(m.nhByID, id)
+		if err := m.table.DeleteNexthop(id); err != nil {
+			m.fail(err)
+		}
+		m.nhIDs.put(id)
+	}
+}
+
+func ecmpKey(ids []uint32) string {
+	s := slices.Clone(ids)
+	slices.Sort(s)
+	return fmt.Sprint(s)
+}
+
+func (m *Mirror) acquireECMP(ids []uint32) uint32 {
+	k := ecmpKey(ids)
+	if g, ok := m.groups[k]; ok {
+		g.refs++
+		for _, id := range ids { // the group holds one reference per member
+			m.releaseNH(id)
+		}
+		return g.id
+	}
+	id := m.ecmpIDs.get()
+	m.groups[k] = &ecmpGroup{id: id, refs: 1, members: ids}
+	m.groupByID[id] = k
+	if err := m.table.SetECMP(id, ids); err != nil {
+		m.fail(fmt.Errorf("set ecmp group %d: %w", id, err))
+	}
+	return id
+}
+
+func (m *Mirror) releaseECMP(id uint32) {
+	k, ok := m.groupByID[id]
+	if !ok {
+		return
+	}
+	g := m.groups[k]
+	if g.refs--; g.refs == 0 {
+		delete(m.groups, k)
+		delete(m.groupByID, id)
+		if err := m.table.DeleteECMP(id); err != nil {
+			m.fail(err)
+		}
+		m.ecmpIDs.put(id)
+		for _, nh := range g.members {
+			m.releaseNH(nh)
+		}
+	}
+}
+
+// release drops the references a FIB result held.
+func (m *Mirror) release(r fib.Result) {
+	switch r.Type() {
+	case fib.RouteNexthop:
+		m.releaseNH(r.Index())
+	case fib.RouteECMP:
+		m.releaseECMP(r.Index())
+	}
+}
+
+// reconcile brings the FIB entry of every dirty prefix to what the kernel
+// state says: a nexthop is written before a route points to it, and
+// released only after the route moved away.
+func (m *Mirror) reconcile() {
+	for p := range m.dirty {
+		old, had := m.installed[p]
+		want, ok := m.desired(p)
+		switch {
+		case ok && had && want == old:
+			m.release(want) // desired took a second reference
+		case ok:
+			if err := m.table.Insert(p, want); err != nil {
+				m.fail(fmt.Errorf("fib insert %s: %w", p, err))
+				m.release(want)
+				continue
+			}
+			m.installed[p] = want
+			m.stats.RoutesApplied++
+			if had {
+				m.release(old)
+			}
+		case had:
+			if err := m.table.Delete(p); err != nil {
+				m.fail(fmt.Errorf("fib delete %s: %w", p, err))
+			}
+			delete(m.installed, p)
+			m.stats.RoutesApplied++
+			m.release(old)
+		}
+	}
+	clear(m.dirty)
+}
+
+// updateHostRoute recomputes whether a neighbour gets a host route: a
+// usable neighbour on a served interface, inside a connected prefix of
+// that interface, not link-local.
+func (m *Mirror) updateHostRoute(k nhKey) {
+	p := netip.PrefixFrom(k.addr, k.addr.BitLen())
+	n, ok := m.neighs[k]
+	want := ok && usable(n.state) && m.links[k.ifindex].serve && !k.addr.IsLinkLocalUnicast() && m.connectedVia(k)
+	_, have := m.hostRoutes[p]
+	if want != have || want && m.hostRoutes[p] != k {
+		if want {
+			m.hostRoutes[p] = k
+		} else {
+			delete(m.hostRoutes, p)
+		}
+		m.dirty[p] = struct{}{}
+	}
+}
+
+// connectedVia reports whether the kernel's longest match for k.addr is a
+// connected route out of k.ifindex.
+func (m *Mirror) connectedVia(k nhKey) bool {
+	for l := k.addr.BitLen(); l >= 0; l-- {
+		p, _ := k.addr.Prefix(l)
+		if r, ok := m.best(p); ok {
+			return r.typ == unix.RTN_UNICAST && len(r.hops) == 1 && !r.hops[0].gw.IsValid() && r.hops[0].ifindex == k.ifindex
+		}
+	}
+	return false
+}
+
+// idPool hands out IDs from 1 (0 stays unused) up to max.
+type idPool struct {
+	next, max uint32
+	free      []uint32
+}
+
+func (p *idPool) get() uint32 {
+	if n := len(p.free); n > 0 {
+		id := p.free[n-1]
+		p.free = p.free[:n-1]
+		return id
+	}
+	p.next++
+	return p.next
+}
+
+func (p *idPool) put(id uint32) { p.free = append(p.free, id) }
