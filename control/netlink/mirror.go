@@ -87,8 +87,9 @@ type Mirror struct {
 	links      map[int]link
 	addrs      map[netip.Addr]int // local address -> ifindex
 	neighs     map[nhKey]neigh
-	routes     map[rkey]route
-	metrics    map[netip.Prefix][]int
+	routes     map[netip.Prefix]prefixRoutes
+	all        bool // after a full dump: every prefix may have changed
+	nroutes    int
 	hostRoutes map[netip.Prefix]nhKey
 	installed  map[netip.Prefix]fib.Result
 	dirty      map[netip.Prefix]struct{}
@@ -131,8 +132,8 @@ func (m *Mirror) reset() {
 	m.links = map[int]link{}
 	m.addrs = map[netip.Addr]int{}
 	m.neighs = map[nhKey]neigh{}
-	m.routes = map[rkey]route{}
-	m.metrics = map[netip.Prefix][]int{}
+	m.routes = map[netip.Prefix]prefixRoutes{}
+	m.nroutes = 0
 	m.hostRoutes = map[netip.Prefix]nhKey{}
 	if m.installed == nil {
 		m.installed = map[netip.Prefix]fib.Result{}
@@ -292,7 +293,7 @@ func (m *Mirror) round(ctx context.Context) error {
 func (m *Mirror) count(events uint64) {
 	m.mu.Lock()
 	m.stats.Events += events
-	m.stats.Routes, m.stats.FIBEntries = len(m.routes), len(m.installed)
+	m.stats.Routes, m.stats.FIBEntries = m.nroutes, len(m.installed)
 	m.stats.Nexthops, m.stats.ECMPGroups = len(m.nexthops), len(m.groups)
 	m.stats.Neighbours, m.stats.Links = len(m.neighs), len(m.links)
 	m.mu.Unlock()
@@ -306,7 +307,7 @@ func (m *Mirror) Sync() error {
 	var links []vnl.Link
 	var addrs []vnl.Addr
 	var neighs []vnl.Neigh
-	var routes []vnl.Route
+	oldAddrs := m.addrs
 	for try := 0; ; try++ {
 		var err error
 		links, err = m.h.LinkList()
@@ -317,7 +318,20 @@ func (m *Mirror) Sync() error {
 			neighs, err = m.h.NeighList(0, vnl.FAMILY_ALL)
 		}
 		if err == nil {
-			routes, err = m.h.RouteListFiltered(vnl.FAMILY_ALL, &vnl.Route{Table: m.cfg.Table}, vnl.RT_FILTER_TABLE)
+			m.reset()
+			m.all = true
+			for _, l := range links {
+				m.setLink(l)
+			}
+			// Applied as they arrive: a full table of vnl.Route values
+			// would be gigabytes of copying.
+			err = m.h.RouteListFilteredIter(vnl.FAMILY_ALL, &vnl.Route{Table: m.cfg.Table}, vnl.RT_FILTER_TABLE,
+				func(r vnl.Route) bool {
+					if k, v, ok := m.routeOf(r); ok {
+						m.putRoute(k, v)
+					}
+					return true
+				})
 		}
 		if err == nil {
 			break
@@ -325,14 +339,6 @@ func (m *Mirror) Sync() error {
 		if !errors.Is(err, vnl.ErrDumpInterrupted) || try == 10 {
 			return fmt.Errorf("netlink dump: %w", err)
 		}
-	}
-	oldAddrs := m.addrs
-	m.reset()
-	for p := range m.installed {
-		m.dirty[p] = struct{}{}
-	}
-	for _, l := range links {
-		m.setLink(l)
 	}
 	for _, a := range addrs {
 		m.setAddr(a.IPNet.IP, a.LinkIndex, true)
@@ -342,11 +348,6 @@ func (m *Mirror) Sync() error {
 			if err := m.cfg.Dataplane.RemoveLocal(a); err != nil {
 				m.fail(err)
 			}
-		}
-	}
-	for _, r := range routes {
-		if k, v, ok := m.routeOf(r); ok {
-			m.putRoute(k, v)
 		}
 	}
 	for _, n := range neighs {
@@ -395,10 +396,10 @@ func (m *Mirror) linkChanged(ifindex int) {
 			m.writeNH(k, nh)
 		}
 	}
-	for k, r := range m.routes {
-		for _, h := range r.hops {
+	for p, pr := range m.routes {
+		for _, h := range pr.best().hops {
 			if h.ifindex == ifindex {
-				m.dirty[k.prefix] = struct{}{}
+				m.markDirty(p)
 			}
 		}
 	}
@@ -472,7 +473,8 @@ func (m *Mirror) onRoute(u vnl.RouteUpdate) {
 	switch {
 	case u.Type == unix.RTM_NEWROUTE && u.NlFlags&unix.NLM_F_APPEND != 0:
 		// IPv6 adds a nexthop to a multipath route.
-		old := m.routes[k]
+		pr := m.routes[k.prefix]
+		old, _ := pr.get(k.metric)
 		for _, h := range v.hops {
 			if !slices.Contains(old.hops, h) {
 				old.hops = append(old.hops, h)
@@ -483,7 +485,11 @@ func (m *Mirror) onRoute(u vnl.RouteUpdate) {
 	case u.Type == unix.RTM_NEWROUTE:
 		m.putRoute(k, v)
 	case u.Type == unix.RTM_DELROUTE:
-		old, had := m.routes[k]
+		pr, ok := m.routes[k.prefix]
+		if !ok {
+			return
+		}
+		old, had := pr.get(k.metric)
 		if !had {
 			return
 		}
@@ -500,25 +506,40 @@ func (m *Mirror) onRoute(u vnl.RouteUpdate) {
 }
 
 func (m *Mirror) putRoute(k rkey, v route) {
-	if _, had := m.routes[k]; !had {
-		m.metrics[k.prefix] = append(m.metrics[k.prefix], k.metric)
+	pr, ok := m.routes[k.prefix]
+	if !ok {
+		pr = prefixRoutes{first: metricRoute{k.metric, v}}
+		m.nroutes++
+	} else if pr.put(k.metric, v) {
+		m.nroutes++
 	}
-	m.routes[k] = v
-	m.dirty[k.prefix] = struct{}{}
+	m.routes[k.prefix] = pr
+	m.markDirty(k.prefix)
 	m.connectedChanged(k.prefix, v)
 }
 
 func (m *Mirror) delRoute(k rkey) {
-	old := m.routes[k]
-	delete(m.routes, k)
-	ms := slices.DeleteFunc(m.metrics[k.prefix], func(x int) bool { return x == k.metric })
-	if len(ms) == 0 {
-		delete(m.metrics, k.prefix)
-	} else {
-		m.metrics[k.prefix] = ms
+	pr := m.routes[k.prefix]
+	old, had := pr.get(k.metric)
+	if !had {
+		return
 	}
-	m.dirty[k.prefix] = struct{}{}
+	m.nroutes--
+	if pr.del(k.metric) {
+		delete(m.routes, k.prefix)
+	} else {
+		m.routes[k.prefix] = pr
+	}
+	m.markDirty(k.prefix)
 	m.connectedChanged(k.prefix, old)
+}
+
+// markDirty queues a prefix for reconcile (after a full dump everything
+// is reconciled anyway).
+func (m *Mirror) markDirty(p netip.Prefix) {
+	if !m.all {
+		m.dirty[p] = struct{}{}
+	}
 }
 
 // connectedChanged re-evaluates neighbour host routes under a connected

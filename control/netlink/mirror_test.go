@@ -31,7 +31,7 @@ type env struct {
 	r    *fib.Reader
 }
 
-func newEnv(t *testing.T, cfg Config) *env {
+func newEnv(t testing.TB, cfg Config) *env {
 	t.Helper()
 	testutil.Privileged(t)
 	name := testutil.LabName()
@@ -282,7 +282,7 @@ func TestMirrorLinksAndAddresses(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, ok func() bool) {
+func waitFor(t testing.TB, what string, ok func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if ok() {

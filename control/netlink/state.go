@@ -42,11 +42,74 @@ type route struct {
 	mtu      int
 }
 
-// rkey identifies a kernel route.
+// rkey identifies a kernel route of the mirrored table.
 type rkey struct {
-	table  int
 	prefix netip.Prefix
 	metric int
+}
+
+// metricRoute is a route and its metric.
+type metricRoute struct {
+	metric int
+	route
+}
+
+// prefixRoutes are a prefix's routes: usually one; more only when
+// several metrics coexist.
+type prefixRoutes struct {
+	first metricRoute
+	more  []metricRoute
+}
+
+func (pr *prefixRoutes) get(metric int) (route, bool) {
+	if pr.first.metric == metric {
+		return pr.first.route, true
+	}
+	for _, r := range pr.more {
+		if r.metric == metric {
+			return r.route, true
+		}
+	}
+	return route{}, false
+}
+
+// put sets a metric's route; it reports whether the metric is new.
+func (pr *prefixRoutes) put(metric int, r route) bool {
+	if pr.first.metric == metric {
+		pr.first.route = r
+		return false
+	}
+	for i := range pr.more {
+		if pr.more[i].metric == metric {
+			pr.more[i].route = r
+			return false
+		}
+	}
+	pr.more = append(pr.more, metricRoute{metric, r})
+	return true
+}
+
+// del removes a metric's route; it reports whether none is left.
+func (pr *prefixRoutes) del(metric int) (empty bool) {
+	if pr.first.metric == metric {
+		if len(pr.more) == 0 {
+			return true
+		}
+		pr.first, pr.more = pr.more[0], pr.more[1:]
+		return false
+	}
+	pr.more = slices.DeleteFunc(pr.more, func(r metricRoute) bool { return r.metric == metric })
+	return false
+}
+
+func (pr *prefixRoutes) best() route {
+	b := pr.first
+	for _, r := range pr.more {
+		if r.metric < b.metric {
+			b = r
+		}
+	}
+	return b.route
 }
 
 // nhKey identifies a FIB nexthop: the neighbour (ifindex, address) whose
@@ -96,7 +159,7 @@ func (m *Mirror) routeOf(r vnl.Route) (rkey, route, bool) {
 	if r.Tos != 0 || r.Flags&unix.RTM_F_CLONED != 0 || r.Table != m.cfg.Table {
 		return rkey{}, route{}, false
 	}
-	k := rkey{table: r.Table, prefix: prefixOf(r.Dst, r.Family), metric: r.Priority}
+	k := rkey{prefix: prefixOf(r.Dst, r.Family), metric: r.Priority}
 	if !k.prefix.IsValid() {
 		return rkey{}, route{}, false
 	}
@@ -113,15 +176,11 @@ func (m *Mirror) routeOf(r vnl.Route) (rkey, route, bool) {
 
 // best returns the route the kernel uses for a prefix: the lowest metric.
 func (m *Mirror) best(p netip.Prefix) (route, bool) {
-	var b route
-	bm, found := 0, false
-	for _, metric := range m.metrics[p] {
-		r := m.routes[rkey{table: m.cfg.Table, prefix: p, metric: metric}]
-		if !found || metric < bm {
-			b, bm, found = r, metric, true
-		}
+	pr, ok := m.routes[p]
+	if !ok {
+		return route{}, false
 	}
-	return b, found
+	return pr.best(), true
 }
 
 // desired computes the FIB result for a prefix, acquiring the nexthops
@@ -287,21 +346,38 @@ func (m *Mirror) release(r fib.Result) {
 	}
 }
 
+// bulk is how many changed prefixes make reconcile load them as a batch
+// (Table.Load paints in memory order and fills its route set in parallel).
+const bulk = 4096
+
 // reconcile brings the FIB entry of every dirty prefix to what the kernel
 // state says: a nexthop is written before a route points to it, and
 // released only after the route moved away.
 func (m *Mirror) reconcile() {
-	for p := range m.dirty {
+	type change struct {
+		old fib.Result
+		had bool
+	}
+	var batch []fib.Route
+	var changes []change
+	n := len(m.dirty)
+	if m.all {
+		n = len(m.routes) + len(m.installed)
+	}
+	m.eachDirty(func(p netip.Prefix) {
 		old, had := m.installed[p]
 		want, ok := m.desired(p)
 		switch {
 		case ok && had && want == old:
 			m.release(want) // desired took a second reference
+		case ok && n >= bulk:
+			batch = append(batch, fib.Route{Prefix: p, Result: want})
+			changes = append(changes, change{old, had})
 		case ok:
 			if err := m.table.Insert(p, want); err != nil {
 				m.fail(fmt.Errorf("fib insert %s: %w", p, err))
 				m.release(want)
-				continue
+				return
 			}
 			m.installed[p] = want
 			m.stats.RoutesApplied++
@@ -316,8 +392,58 @@ func (m *Mirror) reconcile() {
 			m.stats.RoutesApplied++
 			m.release(old)
 		}
-	}
+	})
 	clear(m.dirty)
+	m.all = false
+	if len(batch) == 0 {
+		return
+	}
+	loadErr := m.table.Load(batch)
+	if loadErr != nil {
+		m.fail(fmt.Errorf("fib bulk load: %w", loadErr))
+	}
+	for i, r := range batch {
+		if loadErr != nil {
+			// Some went in, some did not: settle each on its own
+			// (inserting one that is there already changes nothing).
+			if err := m.table.Insert(r.Prefix, r.Result); err != nil {
+				m.fail(fmt.Errorf("fib insert %s: %w", r.Prefix, err))
+				m.release(r.Result) // the old entry, if any, stays with its references
+				continue
+			}
+		}
+		m.installed[r.Prefix] = r.Result
+		m.stats.RoutesApplied++
+		if changes[i].had {
+			m.release(changes[i].old)
+		}
+	}
+}
+
+// eachDirty calls fn for every prefix that may need a change: the dirty
+// set, or after a full dump every route, installed entry and host route.
+func (m *Mirror) eachDirty(fn func(netip.Prefix)) {
+	if !m.all {
+		for p := range m.dirty {
+			fn(p)
+		}
+		return
+	}
+	for p := range m.routes {
+		fn(p)
+	}
+	for p := range m.installed {
+		if _, ok := m.routes[p]; !ok {
+			fn(p)
+		}
+	}
+	for p := range m.hostRoutes {
+		_, r := m.routes[p]
+		_, i := m.installed[p]
+		if !r && !i {
+			fn(p)
+		}
+	}
 }
 
 // updateHostRoute recomputes whether a neighbour gets a host route: a
@@ -334,7 +460,7 @@ func (m *Mirror) updateHostRoute(k nhKey) {
 		} else {
 			delete(m.hostRoutes, p)
 		}
-		m.dirty[p] = struct{}{}
+		m.markDirty(p)
 	}
 }
 
