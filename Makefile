@@ -13,8 +13,9 @@ all: build
 deps:
 	@./scripts/deps.sh
 
-## build: build bin/xdpbench
+## build: build bin/xdprouter and bin/xdpbench
 build:
+	$(GO) build -o $(BIN)/xdprouter ./cmd/xdprouter
 	$(GO) build -o $(BIN)/xdpbench ./cmd/xdpbench
 
 ## generate: compile bpf/*.c with bpf2go (generated .go and .o are committed)

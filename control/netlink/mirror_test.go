@@ -198,7 +198,7 @@ func TestMirrorFollowsKernel(t *testing.T) {
 	e := newEnv(t, Config{})
 	probes := []string{"198.19.0.1", "198.19.255.254", "203.0.113.5", "203.0.114.9", "203.0.115.1", "203.0.116.1",
 		"203.0.117.1", "203.0.118.1", "203.0.119.1", "198.18.3.2", "198.18.1.2", "198.18.1.1", "10.255.0.1",
-		"2001:2:0:ff00::1", "2001:db8:5::1", "2001:db8:6::1"}
+		"2001:2:0:ff00::1", "2001:db8:5::1", "2001:db8:6::1", "2001:db8:7::1", "203.0.120.1"}
 	e.agree(t, "initial dump", probes...)
 
 	steps := []struct {
@@ -220,6 +220,9 @@ func TestMirrorFollowsKernel(t *testing.T) {
 		{"ipv6 routes", [][]string{
 			{"-6", "route", "add", "2001:db8:5::/48", "via", "2001:2:0:3::fe", "proto", "213"},
 			{"-6", "route", "add", "blackhole", "2001:db8:6::/48", "proto", "213"}}},
+		{"ipv6 multipath", [][]string{
+			{"-6", "route", "add", "2001:db8:7::/48", "proto", "213", "nexthop", "via", "2001:2:0:3::fe", "nexthop", "via", "2001:2:0:2::2"}}},
+		{"onlink gateway", [][]string{{"route", "add", "203.0.120.0/24", "via", "198.18.3.254", "dev", "eth3", "onlink", "proto", "213"}}},
 		{"connected neighbour gets a host route", [][]string{{"neigh", "replace", "198.18.1.2", "lladdr", "02:00:00:00:01:02", "dev", "eth1", "nud", "reachable"}}},
 		{"delete", [][]string{{"route", "del", "203.0.113.0/24"}, {"-6", "route", "del", "2001:db8:5::/48"}}},
 	}
@@ -347,4 +350,48 @@ func TestMirrorOverflowResyncs(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestCheckFindsDifferences: Check agrees with a freshly synced FIB and
+// reports an entry changed behind the mirror's back.
+func TestCheckFindsDifferences(t *testing.T) {
+	e := newEnv(t, Config{})
+	tb, err := fib.New(fib.Config{Groups4: 64, Groups6: 64, Nexthops: 64, ECMPGroups: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
+	m, err := New(tb, Config{Namespace: e.l.RouterNS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := m.Check(nil); err != nil || len(d) != 0 {
+		t.Fatalf("fresh FIB: %v differences %+v", err, d)
+	}
+	bad := netip.MustParsePrefix("198.19.0.0/16")
+	if err := tb.Insert(bad, fib.MakeResult(fib.RouteBlackhole, 0)); err != nil {
+		t.Fatal(err)
+	}
+	d, err := m.Check(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d) != 1 || d[0].Addr != bad.Addr() {
+		t.Fatalf("tampered FIB: differences %+v, want exactly %s", d, bad.Addr())
+	}
+	entries := m.Entries()
+	found := false
+	for _, en := range entries {
+		if en.Prefix == bad && en.Type == "nexthop" && len(en.Nexthops) == 1 && en.Nexthops[0].State == "resolved" &&
+			en.Nexthops[0].Dev == "eth3" && en.Nexthops[0].MAC == e.l.Egress.B.MAC.String() {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("entries do not show %s via eth3 resolved: %+v", bad, entries)
+	}
 }
