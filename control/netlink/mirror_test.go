@@ -41,7 +41,7 @@ func newEnv(t testing.TB, cfg Config) *env {
 		t.Fatal(err)
 	}
 	e := &env{l: l}
-	if e.tb, err = fib.New(fib.Config{Groups4: 16384, Groups6: 8192, Nexthops: 1024, ECMPGroups: 64}); err != nil {
+	if e.tb, err = fib.New(fib.Config{Groups4: 16384, Groups6: 65536, Nexthops: 1024, ECMPGroups: 64}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.tb.Close() })

@@ -166,7 +166,7 @@ func Generate(seed uint64, n4, n6 int, avoid4, avoid6 []netip.Prefix) (v4, v6 []
 		l := pick4(rng)
 		a := 0x01000000 + rng.Uint32N(223<<24)
 		p, _ := netip.AddrFrom4([4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}).Prefix(l)
-		if !seen[p] {
+		if !seen[p] && !bogon(p) {
 			seen[p] = true
 			v4 = append(v4, p)
 		}
@@ -208,6 +208,27 @@ func Generate(seed uint64, n4, n6 int, avoid4, avoid6 []netip.Prefix) (v4, v6 []
 		}
 	}
 	return v4, v6
+}
+
+// bogons are special-use IPv4 ranges a real table never carries (and that
+// routing daemons refuse): loopback, private, shared, link-local,
+// benchmarking, documentation.
+var bogons = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("198.51.100.0/24"),
+	netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("224.0.0.0/3"),
+}
+
+func bogon(p netip.Prefix) bool {
+	for _, b := range bogons {
+		if b.Overlaps(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // rand6 draws an address under 2000::/3 (global unicast).
