@@ -299,6 +299,39 @@ func (m *Mirror) count(events uint64) {
 	m.mu.Unlock()
 }
 
+// dumpRoutes streams the table's routes into the mirror's state: one
+// goroutine parses the dump into compact batches while this one applies
+// them (a full table of vnl.Route values would be gigabytes of copying).
+func (m *Mirror) dumpRoutes() error {
+	type kr struct {
+		k rkey
+		r route
+	}
+	batches := make(chan []kr, 64)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(batches)
+		batch := make([]kr, 0, 1024)
+		errc <- m.h.RouteListFilteredIter(vnl.FAMILY_ALL, &vnl.Route{Table: m.cfg.Table}, vnl.RT_FILTER_TABLE,
+			func(r vnl.Route) bool {
+				if k, v, ok := m.routeOf(r); ok {
+					if batch = append(batch, kr{k, v}); len(batch) == cap(batch) {
+						batches <- batch
+						batch = make([]kr, 0, 1024)
+					}
+				}
+				return true
+			})
+		batches <- batch
+	}()
+	for b := range batches {
+		for _, x := range b {
+			m.putRoute(x.k, x.r)
+		}
+	}
+	return <-errc
+}
+
 // Sync dumps links, addresses, neighbours and routes (retrying an
 // interrupted dump) and brings the FIB to match, applying only the
 // differences: nothing is cleared, so forwarding continues throughout.
@@ -323,15 +356,7 @@ func (m *Mirror) Sync() error {
 			for _, l := range links {
 				m.setLink(l)
 			}
-			// Applied as they arrive: a full table of vnl.Route values
-			// would be gigabytes of copying.
-			err = m.h.RouteListFilteredIter(vnl.FAMILY_ALL, &vnl.Route{Table: m.cfg.Table}, vnl.RT_FILTER_TABLE,
-				func(r vnl.Route) bool {
-					if k, v, ok := m.routeOf(r); ok {
-						m.putRoute(k, v)
-					}
-					return true
-				})
+			err = m.dumpRoutes()
 		}
 		if err == nil {
 			break
