@@ -1,0 +1,254 @@
+package affinity
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func load(t *testing.T, root string, names ...string) (*Host, []*Iface) {
+	t.Helper()
+	h, err := Discover(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ifs []*Iface
+	for _, n := range names {
+		ifc, err := h.Iface(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ifs = append(ifs, ifc)
+	}
+	return h, ifs
+}
+
+func table(t *testing.T, cpus []int, rows []Row) string {
+	t.Helper()
+	var b bytes.Buffer
+	if err := WriteTable(&b, cpus, rows); err != nil {
+		t.Fatal(err)
+	}
+	// Compare cell by cell, not by padding.
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(b.String(), "\n"), "\n") {
+		lines = append(lines, strings.Join(strings.Fields(l), " "))
+	}
+	return strings.Join(lines, "\n")
+}
+
+// TestIGBRouterCurrent renders the recorded router's IRQs as the router
+// text printed them for vanilla Linux 3.8.5.
+func TestIGBRouterCurrent(t *testing.T) {
+	h, ifs := load(t, "testdata/igb-router", "eth1", "eth2", "eth3")
+	want := `cpu0 cpu1 cpu2 cpu3 cpu4 cpu5
+eth1-TxRx-0 · × · · · ·
+eth1-TxRx-1 · · × · · ·
+eth1-TxRx-2 · · × · · ·
+eth1-TxRx-3 · · · × · ·
+eth1-TxRx-4 · · · × · ·
+eth1-TxRx-5 · · · · × ·
+eth2-TxRx-0 · · · · · ×
+eth2-TxRx-1 × · · · · ·
+eth2-TxRx-2 × · · · · ·
+eth2-TxRx-3 × · · · · ·
+eth2-TxRx-4 · × · · · ·
+eth2-TxRx-5 · · × · · ·
+eth3-TxRx-0 · · · × · ·
+eth3-TxRx-1 · · · · × ·
+eth3-TxRx-2 · · · · × ·
+eth3-TxRx-3 · · · · · ×
+eth3-TxRx-4 · · · · · ×
+eth3-TxRx-5 × · · · · ·`
+	if got := table(t, h.Online(), CurrentRows(ifs)); got != want {
+		t.Errorf("current table:\n%s\nwant (the router text's):\n%s", got, want)
+	}
+	for _, ifc := range ifs {
+		if ifc.Driver != "igb" || ifc.Node != 0 || ifc.RxQueues != 6 || len(ifc.IRQs) != 6 {
+			t.Errorf("%s: driver %q node %d rx %d irqs %d", ifc.Name, ifc.Driver, ifc.Node, ifc.RxQueues, len(ifc.IRQs))
+		}
+	}
+}
+
+// TestIGBRouterPlan: CPU 0 kept for userland and queues reduced to the
+// CPUs gives the router text's final, hand-made layout.
+func TestIGBRouterPlan(t *testing.T) {
+	h, ifs := load(t, "testdata/igb-router", "eth1", "eth2", "eth3")
+	p, err := MakePlan(h, ifs, PlanOptions{Housekeeping: []int{0}, ReduceQueues: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(p.CPUs, []int{1, 2, 3, 4, 5}) {
+		t.Fatalf("plan CPUs %v", p.CPUs)
+	}
+	var rows []Row
+	for _, a := range p.Ifaces[0].Assign {
+		rows = append(rows, Row{Name: "TxRx-" + itoa(a.Queue), CPUs: []int{a.CPU}})
+	}
+	want := `cpu0 cpu1 cpu2 cpu3 cpu4 cpu5
+TxRx-0 · × · · · ·
+TxRx-1 · · × · · ·
+TxRx-2 · · · × · ·
+TxRx-3 · · · · × ·
+TxRx-4 · · · · · ×`
+	if got := table(t, h.Online(), rows); got != want {
+		t.Errorf("plan:\n%s\nwant (the router text's):\n%s", got, want)
+	}
+	for _, ip := range p.Ifaces {
+		if ip.Queues != 5 || len(ip.RPS) != 0 {
+			t.Errorf("%s: %d queues, rps %v; want 5 queues, RPS off", ip.Name, ip.Queues, ip.RPS)
+		}
+		for _, a := range ip.Assign {
+			if len(a.IRQs) != 1 || !slices.Equal(ip.XPS[a.Queue], []int{a.CPU}) {
+				t.Errorf("%s queue %d: irqs %v xps %v, want its one IRQ and XPS on cpu%d", ip.Name, a.Queue, a.IRQs, ip.XPS[a.Queue], a.CPU)
+			}
+		}
+	}
+}
+
+func itoa(i int) string { return FormatList([]int{i}) }
+
+// TestVirtioVM reads the VM of the RSS text: virtio6 is eth1, CPUs 4-7
+// are isolated, and each queue has an input and an output IRQ.
+func TestVirtioVM(t *testing.T) {
+	h, ifs := load(t, "testdata/virtio-vm", "eth1")
+	if !slices.Equal(h.Isolated, []int{4, 5, 6, 7}) || len(h.CPUs) != 8 {
+		t.Fatalf("isolated %v of %d CPUs", h.Isolated, len(h.CPUs))
+	}
+	ifc := ifs[0]
+	if ifc.Device != "virtio6" || ifc.Driver != "virtio_net" || ifc.RxQueues != 4 || ifc.Node != -1 {
+		t.Fatalf("eth1: %+v", ifc)
+	}
+	byName := map[string]QueueIRQ{}
+	for _, q := range ifc.IRQs {
+		byName[q.Name] = q
+	}
+	if len(ifc.IRQs) != 8 {
+		t.Errorf("%d queue IRQs, want 8 (virtio6-config is not a queue): %+v", len(ifc.IRQs), ifc.IRQs)
+	}
+	in0, in1 := byName["virtio6-input.0"], byName["virtio6-input.1"]
+	if in0.IRQ != 53 || in0.Kind != "rx" || in0.Queue != 0 || !slices.Equal(in0.Affinity, []int{0, 1, 2, 3}) {
+		t.Errorf("virtio6-input.0: %+v", in0)
+	}
+	if in1.IRQ != 55 || in1.Queue != 1 || !slices.Equal(in1.Affinity, []int{4, 5, 6, 7}) {
+		t.Errorf("virtio6-input.1: %+v", in1)
+	}
+	p, err := MakePlan(h, ifs, PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(p.CPUs, []int{0, 1, 2, 3}) {
+		t.Errorf("plan CPUs %v, want 0-3 (4-7 isolated)", p.CPUs)
+	}
+	for _, a := range p.Ifaces[0].Assign {
+		if a.CPU != a.Queue || len(a.IRQs) != 2 {
+			t.Errorf("queue %d on cpu%d with irqs %v; want cpu%d, input and output IRQ", a.Queue, a.CPU, a.IRQs, a.Queue)
+		}
+	}
+	if !strings.Contains(strings.Join(p.Notes, "\n"), "isolated CPUs 4-7") {
+		t.Errorf("notes do not mention the isolated CPUs: %v", p.Notes)
+	}
+	// Asked to use an isolated CPU for a single-queue RPS fallback, the
+	// plan leaves it out of the RPS mask: the kernel would refuse it.
+	one := &Iface{Name: "eth9", RxQueues: 1, TxQueues: 1, Node: -1}
+	p, err = MakePlan(h, []*Iface{one}, PlanOptions{CPUs: []int{2, 3, 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(p.Ifaces[0].RPS[0], []int{2, 3}) {
+		t.Errorf("RPS over %v, want 2,3 (4 is isolated)", p.Ifaces[0].RPS[0])
+	}
+}
+
+// TestMLX5TwoSockets: 64 CPUs with SMT on two nodes; the NIC is on node
+// 0, so the plan takes one thread of each node-0 core; irqbalance runs.
+func TestMLX5TwoSockets(t *testing.T) {
+	h, ifs := load(t, "testdata/mlx5-2s", "eth0")
+	ifc := ifs[0]
+	if ifc.Device != "0000:3b:00.0" || ifc.Driver != "mlx5_core" || ifc.Node != 0 || len(ifc.IRQs) != 64 {
+		t.Fatalf("eth0: device %q driver %q node %d irqs %d", ifc.Device, ifc.Driver, ifc.Node, len(ifc.IRQs))
+	}
+	if c, _ := h.CPU(40); c.Node != 0 || c.Package != 0 || !slices.Equal(c.Siblings, []int{8, 40}) {
+		t.Errorf("cpu40: %+v", c)
+	}
+	if !h.IRQBalance || !slices.Equal(h.Banned, []int{0, 32}) {
+		t.Errorf("irqbalance %v banned %v", h.IRQBalance, h.Banned)
+	}
+	p, err := MakePlan(h, ifs, PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+	if !slices.Equal(p.CPUs, want) {
+		t.Errorf("plan CPUs %v, want %v (node 0, one thread per core)", p.CPUs, want)
+	}
+	if a := p.Ifaces[0].Assign[17]; a.CPU != 1 {
+		t.Errorf("queue 17 on cpu%d, want cpu1 (64 queues wrap over 16 CPUs)", a.CPU)
+	}
+	if !strings.Contains(strings.Join(p.Notes, "\n"), "irqbalance is running") {
+		t.Errorf("notes do not warn about irqbalance: %v", p.Notes)
+	}
+	if got := FormatMask([]int{40}, 64); got != "00000100,00000000" {
+		t.Errorf("mask of cpu40 on 64 CPUs = %q", got)
+	}
+	if got, _ := ParseMask(FormatMask(p.CPUs, 64)); !slices.Equal(got, p.CPUs) {
+		t.Errorf("mask round trip: %v", got)
+	}
+}
+
+func TestMasks(t *testing.T) {
+	tests := []struct {
+		cpus  []int
+		ncpus int
+		mask  string
+		list  string
+	}{
+		{[]int{2}, 8, "04", "2"},
+		{[]int{3}, 8, "08", "3"},
+		{[]int{0, 1, 2, 3, 4, 5}, 6, "3f", "0-5"},
+		{[]int{0}, 64, "00000000,00000001", "0"},
+		{[]int{39}, 40, "80,00000000", "39"},
+		{[]int{1, 3, 4, 5, 33}, 36, "2,0000003a", "1,3-5,33"},
+		{nil, 4, "0", ""},
+	}
+	for _, tc := range tests {
+		if got := FormatMask(tc.cpus, tc.ncpus); got != tc.mask {
+			t.Errorf("FormatMask(%v, %d) = %q, want %q", tc.cpus, tc.ncpus, got, tc.mask)
+		}
+		if got, err := ParseMask(tc.mask); err != nil || !slices.Equal(got, tc.cpus) {
+			t.Errorf("ParseMask(%q) = %v, %v", tc.mask, got, err)
+		}
+		if got := FormatList(tc.cpus); got != tc.list {
+			t.Errorf("FormatList(%v) = %q, want %q", tc.cpus, got, tc.list)
+		}
+	}
+	if _, err := ParseMask("xyz"); err == nil {
+		t.Error("ParseMask accepted xyz")
+	}
+}
+
+// TestThisMachine reads the real /proc and /sys, read-only.
+func TestThisMachine(t *testing.T) {
+	h, err := Discover("/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.CPUs) == 0 {
+		t.Fatal("no online CPU found")
+	}
+	names, err := h.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		ifc, err := h.Iface(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ifc.RxQueues == 0 {
+			t.Errorf("%s: no rx queue", n)
+		}
+		t.Logf("%s: driver %s device %s node %d, %d rx / %d tx queues, queue IRQs %+v", n, ifc.Driver, ifc.Device, ifc.Node, ifc.RxQueues, ifc.TxQueues, ifc.IRQs)
+	}
+}
