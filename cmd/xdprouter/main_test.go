@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/xdprouter/xdprouter/control/netlink"
@@ -55,5 +58,35 @@ func TestRoutesCommand(t *testing.T) {
 	}
 	if _, err := run("routes", "-n", "xdpl-no-such-ns"); err == nil {
 		t.Error("routes in a namespace that does not exist succeeded")
+	}
+}
+
+func TestAffinityCommands(t *testing.T) {
+	root := t.TempDir()
+	if out, err := exec.Command("cp", "-a", "../../control/affinity/testdata/igb-router/.", root).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	rec := filepath.Join(t.TempDir(), "rec.json")
+	out, err := run("affinity", "show", "--root", root, "eth1")
+	if err != nil || !strings.Contains(out, "eth1-TxRx-0 ·    ×") {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	out, err = run("affinity", "plan", "--root", root, "--housekeeping", "0", "--reduce-queues", "eth1")
+	if err != nil || !strings.Contains(out, "eth1: 6 queues reduced to 5") || !strings.Contains(out, "> /proc/irq/") {
+		t.Fatalf("plan: %v\n%s", err, out)
+	}
+	if out, err = run("affinity", "apply", "--root", root, "--record", rec, "eth1"); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	out, _ = run("affinity", "plan", "--root", root, "eth1")
+	if !strings.Contains(out, "0 writes") {
+		t.Errorf("plan after apply still has writes:\n%s", out)
+	}
+	if out, err = run("affinity", "restore", "--root", root, "--record", rec); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	out, _ = run("affinity", "show", "--root", root, "eth1")
+	if !strings.Contains(out, "eth1-TxRx-2 ·    ·    ×") {
+		t.Errorf("show after restore is not the recorded layout:\n%s", out)
 	}
 }

@@ -2,9 +2,15 @@ package affinity
 
 import (
 	"bytes"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/xdprouter/xdprouter/internal/testutil"
 )
 
 func load(t *testing.T, root string, names ...string) (*Host, []*Iface) {
@@ -250,5 +256,203 @@ func TestThisMachine(t *testing.T) {
 			t.Errorf("%s: no rx queue", n)
 		}
 		t.Logf("%s: driver %s device %s node %d, %d rx / %d tx queues, queue IRQs %+v", n, ifc.Driver, ifc.Device, ifc.Node, ifc.RxQueues, ifc.TxQueues, ifc.IRQs)
+	}
+}
+
+// copyTree copies a recorded tree so that apply can write into it.
+func copyTree(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	if out, err := exec.Command("cp", "-a", src+"/.", dst).CombinedOutput(); err != nil {
+		t.Fatalf("copy %s: %v %s", src, err, out)
+	}
+	return dst
+}
+
+// snapshot reads every regular file of a tree.
+func snapshot(t *testing.T, root string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Type()&fs.ModeSymlink != 0 || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		m[strings.TrimPrefix(p, root)] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestApplyRestore applies the igb router's plan into a copy of its tree:
+// afterwards discovery sees the plan, and restore leaves every file
+// exactly as it was.
+func TestApplyRestore(t *testing.T) {
+	root := copyTree(t, "testdata/igb-router")
+	before := snapshot(t, root)
+	h, ifs := load(t, root, "eth1", "eth2", "eth3")
+	p, err := MakePlan(h, ifs, PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := p.Writes(h, ifs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 18 IRQs of which 3 are already in place (eth1-TxRx-1 on cpu2 ...),
+	// 18 XPS masks, RPS already off everywhere.
+	irqWrites, xpsWrites, rpsWrites := 0, 0, 0
+	for _, w := range ws {
+		switch {
+		case strings.HasSuffix(w.Path, "smp_affinity_list"):
+			irqWrites++
+		case strings.HasSuffix(w.Path, "xps_cpus"):
+			xpsWrites++
+		case strings.HasSuffix(w.Path, "rps_cpus"):
+			rpsWrites++
+		}
+	}
+	if xpsWrites != 18 || rpsWrites != 0 || irqWrites == 0 || irqWrites == 18 {
+		t.Errorf("writes: %d IRQ, %d XPS, %d RPS", irqWrites, xpsWrites, rpsWrites)
+	}
+	rec, err := Apply(root, ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recPath := filepath.Join(t.TempDir(), "record.json")
+	if err := SaveRecord(recPath, rec); err != nil {
+		t.Fatal(err)
+	}
+	h2, ifs2 := load(t, root, "eth1", "eth2", "eth3")
+	for _, ifc := range ifs2 {
+		for _, irq := range ifc.IRQs {
+			if !slices.Equal(irq.Affinity, []int{irq.Queue}) {
+				t.Errorf("after apply %s on %v, want cpu%d", irq.Name, irq.Affinity, irq.Queue)
+			}
+		}
+		for q, cpus := range ifc.XPS {
+			if !slices.Equal(cpus, []int{q}) {
+				t.Errorf("after apply %s tx-%d xps %v", ifc.Name, q, cpus)
+			}
+		}
+	}
+	if again, _ := p.Writes(h2, ifs2); len(again) != 0 {
+		t.Errorf("applied plan still wants %d writes: %+v", len(again), again)
+	}
+	loaded, err := LoadRecord(recPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Restore(root, loaded); err != nil {
+		t.Fatal(err)
+	}
+	after := snapshot(t, root)
+	for k, v := range before {
+		if strings.TrimSpace(after[k]) != strings.TrimSpace(v) {
+			t.Errorf("%s: %q after restore, was %q", k, after[k], v)
+		}
+	}
+}
+
+// TestApplyFailureRestores: a write that cannot be made undoes the ones
+// before it.
+func TestApplyFailureRestores(t *testing.T) {
+	root := copyTree(t, "testdata/igb-router")
+	before := snapshot(t, root)
+	h, ifs := load(t, root, "eth1")
+	p, err := MakePlan(h, ifs, PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := p.Writes(h, ifs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws = append(ws, Write{Path: "proc/irq/999/nowhere/smp_affinity_list", Value: "1", What: "impossible"})
+	if _, err := Apply(root, ws); err == nil {
+		t.Fatal("apply with an impossible write succeeded")
+	}
+	after := snapshot(t, root)
+	for k, v := range before {
+		if strings.TrimSpace(after[k]) != strings.TrimSpace(v) {
+			t.Errorf("%s: %q after a failed apply, was %q", k, after[k], v)
+		}
+	}
+}
+
+// TestApplyRealIRQs applies the plan's IRQ placement on this machine's
+// real IRQs, checks the kernel took it, restores, and requires every file
+// exactly as found. Only smp_affinity_list is written: the host's own
+// interfaces keep their RPS and XPS.
+func TestApplyRealIRQs(t *testing.T) {
+	testutil.Privileged(t)
+	h, err := Discover("/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := h.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ifs []*Iface
+	for _, n := range names {
+		if ifc, err := h.Iface(n); err == nil && len(ifc.IRQs) > 0 {
+			ifs = append(ifs, ifc)
+		}
+	}
+	if len(ifs) == 0 {
+		t.Skip("no interface with queue IRQs on this machine")
+	}
+	p, err := MakePlan(h, ifs, PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := p.Writes(h, ifs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ws []Write
+	found := map[string]string{}
+	for _, w := range all {
+		if strings.HasSuffix(w.Path, "smp_affinity_list") {
+			ws = append(ws, w)
+			found[w.Path] = w.Old
+		}
+	}
+	if len(ws) == 0 {
+		t.Skip("the IRQs are already where the plan puts them")
+	}
+	t.Cleanup(func() { _ = Restore("/", ws) }) // whatever happens below
+	rec, err := Apply("/", ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range rec {
+		t.Logf("applied %s", w.What)
+	}
+	h2, err := Discover("/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ifc := range ifs {
+		again, _ := h2.Iface(ifc.Name)
+		for _, irq := range again.IRQs {
+			want := []int{p.WorkerCPU(irq.Queue)}
+			if !slices.Equal(irq.Affinity, want) {
+				t.Errorf("%s affinity %v after apply, want %v", irq.Name, irq.Affinity, want)
+			}
+		}
+	}
+	if err := Restore("/", rec); err != nil {
+		t.Fatal(err)
+	}
+	for path, old := range found {
+		got, err := readTrim("/" + path)
+		if err != nil || got != old {
+			t.Errorf("/%s = %q after restore, was %q (%v)", path, got, old, err)
+		}
 	}
 }

@@ -1,0 +1,156 @@
+package affinity
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// Write is one file an apply changes, with the value it replaces.
+type Write struct {
+	Path  string `json:"path"` // below the root, e.g. proc/irq/53/smp_affinity_list
+	Value string `json:"value"`
+	Old   string `json:"old"`
+	What  string `json:"what"` // e.g. "eth1 queue 0 IRQ 53 -> cpu2"
+}
+
+// Writes lists what applying the plan changes: each queue IRQ's
+// smp_affinity_list, each tx queue's xps_cpus, each rx queue's rps_cpus
+// (off unless the plan spreads a single queue). Files already holding the
+// value are left out.
+func (p *Plan) Writes(h *Host, ifs []*Iface) ([]Write, error) {
+	ncpu := 0
+	for _, c := range h.CPUs {
+		ncpu = max(ncpu, c.ID+1)
+	}
+	var ws []Write
+	add := func(path, value, what string, same func(old string) bool) error {
+		old, err := readTrim(h.path(path))
+		if errors.Is(err, os.ErrNotExist) && !strings.HasPrefix(path, "proc/irq/") {
+			return nil // no XPS/RPS knob here (one queue, or a kernel without it)
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+		if !same(old) {
+			ws = append(ws, Write{Path: path, Value: value, Old: old, What: what})
+		}
+		return nil
+	}
+	sameList := func(v []int) func(string) bool {
+		return func(old string) bool { l, err := ParseList(old); return err == nil && slices.Equal(l, v) }
+	}
+	sameMask := func(v []int) func(string) bool {
+		return func(old string) bool { l, err := ParseMask(old); return err == nil && slices.Equal(l, v) }
+	}
+	for i, ip := range p.Ifaces {
+		ifc := ifs[i]
+		for _, a := range ip.Assign {
+			for _, irq := range a.IRQs {
+				err := add(fmt.Sprintf("proc/irq/%d/smp_affinity_list", irq), FormatList([]int{a.CPU}),
+					fmt.Sprintf("%s queue %d IRQ %d -> cpu%d", ifc.Name, a.Queue, irq, a.CPU), sameList([]int{a.CPU}))
+				if err != nil {
+					return nil, err
+				}
+			}
+		}
+		for q := range ifc.TxQueues {
+			cpus := ip.XPS[q]
+			err := add(fmt.Sprintf("sys/class/net/%s/queues/tx-%d/xps_cpus", ifc.Name, q), FormatMask(cpus, ncpu),
+				fmt.Sprintf("%s tx queue %d XPS -> cpus %s", ifc.Name, q, FormatList(cpus)), sameMask(cpus))
+			if err != nil {
+				return nil, err
+			}
+		}
+		for q := range ifc.RxQueues {
+			cpus := ip.RPS[q]
+			err := add(fmt.Sprintf("sys/class/net/%s/queues/rx-%d/rps_cpus", ifc.Name, q), FormatMask(cpus, ncpu),
+				fmt.Sprintf("%s rx queue %d RPS -> %s", ifc.Name, q, orOff(cpus)), sameMask(cpus))
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	return ws, nil
+}
+
+func orOff(cpus []int) string {
+	if len(cpus) == 0 {
+		return "off"
+	}
+	return "cpus " + FormatList(cpus)
+}
+
+// Apply performs the writes below root, reading each back; on the first
+// failure it restores what it had written and returns the error. The
+// record it returns is what Restore needs.
+func Apply(root string, ws []Write) ([]Write, error) {
+	var done []Write
+	for _, w := range ws {
+		path := filepath.Join(root, w.Path)
+		if err := os.WriteFile(path, []byte(w.Value+"\n"), 0o644); err != nil {
+			rerr := Restore(root, done)
+			return nil, fmt.Errorf("%s: write %s to %s: %w (restored: %v)", w.What, w.Value, w.Path, err, rerr)
+		}
+		done = append(done, w)
+		got, err := readTrim(path)
+		if err != nil || !sameValue(w.Path, got, w.Value) {
+			rerr := Restore(root, done)
+			return nil, fmt.Errorf("%s: wrote %s to %s, read back %q (restored: %v)", w.What, w.Value, w.Path, got, rerr)
+		}
+	}
+	return done, nil
+}
+
+// sameValue compares two values of a file as CPU sets.
+func sameValue(path, a, b string) bool {
+	parse := ParseMask
+	if strings.HasSuffix(path, "_list") {
+		parse = ParseList
+	}
+	x, err1 := parse(a)
+	y, err2 := parse(b)
+	return err1 == nil && err2 == nil && slices.Equal(x, y)
+}
+
+// Restore writes back the old values of an apply record, last first.
+func Restore(root string, record []Write) error {
+	var errs []string
+	for i := len(record) - 1; i >= 0; i-- {
+		w := record[i]
+		if err := os.WriteFile(filepath.Join(root, w.Path), []byte(w.Old+"\n"), 0o644); err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", w.Path, err))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("restore: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// SaveRecord and LoadRecord keep an apply record in a file, so that a
+// later `restore` (or the daemon's exit) puts everything back.
+func SaveRecord(path string, record []Write) error {
+	b, err := json.MarshalIndent(record, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// LoadRecord reads a record SaveRecord wrote.
+func LoadRecord(path string) ([]Write, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read affinity record: %w", err)
+	}
+	var r []Write
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("affinity record %s: %w", path, err)
+	}
+	return r, nil
+}
