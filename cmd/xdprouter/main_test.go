@@ -90,3 +90,15 @@ func TestAffinityCommands(t *testing.T) {
 		t.Errorf("show after restore is not the recorded layout:\n%s", out)
 	}
 }
+
+func TestCheckCommand(t *testing.T) {
+	out, err := run("check", "--root", "../../control/affinity/testdata/untuned-router")
+	if e, ok := err.(exitError); !ok || e.code != 1 || !strings.Contains(out, "all 6 queue IRQs on cpu0") {
+		t.Errorf("check of the untuned router: %v\n%s", err, out)
+	}
+	out, err = run("check", "--root", "../../control/affinity/testdata/untuned-router", "--json")
+	var fs []map[string]string
+	if jerr := json.Unmarshal([]byte(out), &fs); jerr != nil || err == nil || len(fs) < 5 {
+		t.Errorf("check --json: %v %v\n%s", err, jerr, out)
+	}
+}

@@ -456,3 +456,63 @@ func TestApplyRealIRQs(t *testing.T) {
 		}
 	}
 }
+
+func findings(t *testing.T, root string, names ...string) ([]Finding, map[string]Finding) {
+	t.Helper()
+	h, ifs := load(t, root, names...)
+	fs, err := Audit(h, ifs, nil, AuditOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]Finding{}
+	for _, f := range fs {
+		m[f.Check] = f
+	}
+	return fs, m
+}
+
+// TestAuditUntunedRouter: the router text's failure (every IRQ on CPU 0,
+// backlog drops, time squeeze) is reported with fixes and fails the check.
+func TestAuditUntunedRouter(t *testing.T) {
+	fs, m := findings(t, "testdata/untuned-router", "eth1", "eth2", "eth3")
+	if !Failed(fs) {
+		t.Errorf("the untuned router passed: %+v", fs)
+	}
+	for check, want := range map[string]Severity{"softnet drops": Problem, "time squeeze": Warn, "eth1 irqs": Problem,
+		"eth2 irqs": Problem, "eth1 queue cpus": Warn, "irqbalance": OK} {
+		if f := m[check]; f.Severity != want {
+			t.Errorf("%s: %+v, want %s", check, f, want)
+		}
+	}
+	if f := m["softnet drops"]; !strings.Contains(f.Reading, "cpu0 123456") || !strings.Contains(f.Fix, "netdev_max_backlog") {
+		t.Errorf("softnet drops: %+v", f)
+	}
+	if f := m["eth1 irqs"]; !strings.Contains(f.Reading, "all 6 queue IRQs on cpu0") {
+		t.Errorf("eth1 irqs: %+v", f)
+	}
+}
+
+// TestAuditTunedAndOthers: the tuned router (after apply) passes; the
+// mlx5 host warns about irqbalance; the virtio VM's split IRQs are off
+// their workers' CPUs.
+func TestAuditTunedAndOthers(t *testing.T) {
+	root := copyTree(t, "testdata/igb-router")
+	h, ifs := load(t, root, "eth1", "eth2", "eth3")
+	p, _ := MakePlan(h, ifs, PlanOptions{})
+	ws, _ := p.Writes(h, ifs)
+	if _, err := Apply(root, ws); err != nil {
+		t.Fatal(err)
+	}
+	fs, m := findings(t, root, "eth1", "eth2", "eth3")
+	if Failed(fs) || m["eth1 queue cpus"].Severity != OK {
+		t.Errorf("tuned router: %+v", fs)
+	}
+	_, m = findings(t, "testdata/mlx5-2s", "eth0")
+	if m["irqbalance"].Severity != Warn || !strings.Contains(m["irqbalance"].Reading, "0,32") {
+		t.Errorf("mlx5: irqbalance %+v", m["irqbalance"])
+	}
+	_, m = findings(t, "testdata/virtio-vm", "eth1")
+	if m["eth1 queue cpus"].Severity != Warn {
+		t.Errorf("virtio: %+v", m["eth1 queue cpus"])
+	}
+}

@@ -105,3 +105,31 @@ iface(r, "eth0", "sys/devices/pci0000:3a/0000:3a:00.0/0000:3b:00.0", "mlx5_core"
       rps="00000000,00000000", xps="00000000,00000000")
 lines = [(100 + i, [0] * 64, "IR-PCI-MSIX-0000:3b:00.0 %d-edge" % (i + 1), f"mlx5_comp{i}@pci:0000:3b:00.0", str(i)) for i in range(64)]
 irqs(r, 64, lines)
+
+def softnet(root, rows):
+    w(root, "proc/net/softnet_stat", "\n".join(
+        " ".join(f"{v:08x}" for v in [p, d, s] + [0] * 9 + [cpu]) for cpu, (p, d, s) in enumerate(rows)))
+
+def sysctls(root, budget=300, usecs=2000, weight=64, backlog=1000):
+    for k, v in {"netdev_budget": budget, "netdev_budget_usecs": usecs, "dev_weight": weight, "netdev_max_backlog": backlog}.items():
+        w(root, f"proc/sys/net/core/{k}", str(v))
+
+for name in ("virtio-vm", "igb-router", "mlx5-2s"):
+    r = os.path.join(here, name)
+    n = len([e for e in os.listdir(os.path.join(r, "sys/devices/system/cpu")) if e.startswith("cpu")])
+    softnet(r, [(1000 * (i + 1), 0, 0) for i in range(n)])
+    sysctls(r)
+
+# untuned-router: the router text before tuning (Debian 3.2.39): every
+# queue IRQ on CPU 0, which drops and runs out of budget.
+r = os.path.join(here, "untuned-router"); shutil.rmtree(r, ignore_errors=True)
+cpus(r, 6)
+w(r, "proc/cmdline", "BOOT_IMAGE=/boot/vmlinuz-3.2.0-4-amd64 root=/dev/sda1 ro")
+lines, irq = [], 64
+for n, name in enumerate(("eth1", "eth2", "eth3")):
+    iface(r, name, f"sys/devices/pci0000:00/0000:00:01.0/0000:01:00.{n}", "igb", 6, numa=0, rps="00", xps="00")
+    for q in range(6):
+        lines.append((irq, [5000000 + q, 0, 0, 0, 0, 0], "PCI-MSI-edge", f"{name}-TxRx-{q}", "0")); irq += 1
+irqs(r, 6, lines)
+softnet(r, [(558000000, 123456, 98765)] + [(0, 0, 0)] * 5)
+sysctls(r)
