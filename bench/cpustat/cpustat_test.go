@@ -2,7 +2,6 @@ package cpustat
 
 import (
 	"math"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -44,27 +43,5 @@ func TestReadThisMachine(t *testing.T) {
 	}
 	if len(ts) == 0 || ts[0].CPU != 0 {
 		t.Fatalf("no cpu0 line read from /proc/stat: %+v", ts)
-	}
-}
-
-func TestParseList(t *testing.T) {
-	tests := []struct {
-		in   string
-		want []int
-		err  bool
-	}{
-		{"0", []int{0}, false},
-		{"0-3,6", []int{0, 1, 2, 3, 6}, false},
-		{"1,1,0-1", []int{1, 0}, false},
-		{"", nil, true},
-		{"3-1", nil, true},
-		{"x", nil, true},
-		{"-1", nil, true},
-	}
-	for _, tc := range tests {
-		got, err := ParseList(tc.in)
-		if (err != nil) != tc.err || !slices.Equal(got, tc.want) {
-			t.Errorf("ParseList(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.err)
-		}
 	}
 }

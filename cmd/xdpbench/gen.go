@@ -7,8 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/xdprouter/xdprouter/bench/cpustat"
 	"github.com/xdprouter/xdprouter/bench/gen"
+	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/lab"
 )
 
@@ -63,7 +63,7 @@ without it, it sends as fast as it can.`,
 					return fmt.Errorf("--dst: %w", err)
 				}
 			}
-			if cfg.CPUs, err = cpustat.ParseList(cpus); err != nil {
+			if cfg.CPUs, err = affinity.ParseList(cpus); err != nil {
 				return fmt.Errorf("--cpus: %w", err)
 			}
 			if duration == 0 && count == 0 {

@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/xdprouter/xdprouter/bench"
-	"github.com/xdprouter/xdprouter/bench/cpustat"
+	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/lab"
 )
 
@@ -50,7 +50,7 @@ func (b *benchFlags) options() (bench.Options, error) {
 	}
 	if b.cpus != "" {
 		var err error
-		if o.GenCPUs, err = cpustat.ParseList(b.cpus); err != nil {
+		if o.GenCPUs, err = affinity.ParseList(b.cpus); err != nil {
 			return o, fmt.Errorf("--cpus: %w", err)
 		}
 	}

@@ -44,6 +44,20 @@ func (f *affinityFlags) discover(args []string) (*affinity.Host, []*affinity.Ifa
 	return h, ifs, nil
 }
 
+// planWrites discovers, plans and lists the writes the plan needs.
+func (f *affinityFlags) planWrites(args []string) (*affinity.Plan, []affinity.Write, error) {
+	h, ifs, err := f.discover(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := f.plan(h, ifs)
+	if err != nil {
+		return nil, nil, err
+	}
+	ws, err := p.Writes(h, ifs)
+	return p, ws, err
+}
+
 func (f *affinityFlags) plan(h *affinity.Host, ifs []*affinity.Iface) (*affinity.Plan, error) {
 	o := affinity.PlanOptions{ReduceQueues: f.reduce}
 	var err error
@@ -108,15 +122,11 @@ puts back exactly what apply changed.`,
 		Use:   "plan [IFACE...]",
 		Short: "The plan as a table, and every file apply would write (dry run)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			h, ifs, err := f.discover(args)
+			h, err := affinity.Discover(f.root)
 			if err != nil {
 				return err
 			}
-			p, err := f.plan(h, ifs)
-			if err != nil {
-				return err
-			}
-			ws, err := p.Writes(h, ifs)
+			p, ws, err := f.planWrites(args)
 			if err != nil {
 				return err
 			}
@@ -141,15 +151,7 @@ puts back exactly what apply changed.`,
 		Use:   "apply [IFACE...]",
 		Short: "Make the plan's writes, read each back, record them for restore",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			h, ifs, err := f.discover(args)
-			if err != nil {
-				return err
-			}
-			p, err := f.plan(h, ifs)
-			if err != nil {
-				return err
-			}
-			ws, err := p.Writes(h, ifs)
+			p, ws, err := f.planWrites(args)
 			if err != nil {
 				return err
 			}
