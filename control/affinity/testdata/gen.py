@@ -41,7 +41,7 @@ def cpus(root, n, core=lambda i: i, pkg=lambda i: 0, sib=lambda i: str(i), nodes
 def iface(root, name, devpath, driver, queues, numa=None, rps="0", xps="0"):
     d = f"sys/class/net/{name}/"
     link(root, d + "device", os.path.relpath(devpath, d))
-    os.makedirs(os.path.join(root, "sys/bus/drivers", driver), exist_ok=True)
+    w(root, f"sys/bus/drivers/{driver}/uevent", "")  # git keeps no empty directory
     link(root, devpath + "/driver", os.path.relpath(os.path.join("sys/bus/drivers", driver), devpath))
     if numa is not None:
         w(root, devpath + "/numa_node", str(numa))
