@@ -2,6 +2,9 @@ package affinity
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -11,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/xdprouter/xdprouter/internal/testutil"
+	"github.com/xdprouter/xdprouter/lab"
 )
 
 func load(t *testing.T, root string, names ...string) (*Host, []*Iface) {
@@ -354,6 +358,85 @@ func TestApplyRestore(t *testing.T) {
 		if strings.TrimSpace(after[k]) != strings.TrimSpace(v) {
 			t.Errorf("%s: %q after restore, was %q", k, after[k], v)
 		}
+	}
+}
+
+// TestReduceQueues: with CPU 0 kept for userland the router text ran 5
+// queues on CPUs 1-5; apply reduces the channels (like `ethtool -L eth1
+// combined 5`) and restore brings back 6.
+func TestReduceQueues(t *testing.T) {
+	root := copyTree(t, "testdata/igb-router")
+	before := snapshot(t, root)
+	h, ifs := load(t, root, "eth1")
+	if c := ifs[0].Channels; c == nil || c.Combined != 6 || c.MaxCombined != 8 {
+		t.Fatalf("channels %+v", ifs[0].Channels)
+	}
+	p, err := MakePlan(h, ifs, PlanOptions{Housekeeping: []int{0}, ReduceQueues: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := p.Writes(h, ifs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ws[0].Channels || !strings.Contains(ws[0].What, "combined 6 -> combined 5") {
+		t.Fatalf("first write %+v, want the channel reduction", ws[0])
+	}
+	rec, err := Apply(root, ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ifs2 := load(t, root, "eth1"); ifs2[0].Channels.Combined != 5 {
+		t.Errorf("after apply: %+v", ifs2[0].Channels)
+	}
+	if err := Restore(root, rec); err != nil {
+		t.Fatal(err)
+	}
+	after := snapshot(t, root)
+	for k, v := range before {
+		if strings.TrimSpace(after[k]) != strings.TrimSpace(v) {
+			t.Errorf("%s: %q after restore, was %q", k, after[k], v)
+		}
+	}
+}
+
+// TestRealChannels changes a real veth's channels with ethtool ioctls in
+// a lab namespace, the way apply does on a live host, and restores them.
+func TestRealChannels(t *testing.T) {
+	testutil.Privileged(t)
+	name := testutil.LabName()
+	t.Cleanup(func() { _ = lab.Down(name) })
+	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = lab.InNamespace(l.RouterNS, func() error {
+		cur, err := Ethtool{}.Channels("eth1")
+		if err != nil {
+			return err
+		}
+		if cur.Rx != 2 || cur.Tx != 2 || cur.MaxRx != 2 {
+			return fmt.Errorf("veth eth1 channels %+v, want rx 2 tx 2 of 2", cur)
+		}
+		nv, _ := json.Marshal(cur.Reduced(1))
+		ov, _ := json.Marshal(cur)
+		rec, err := Apply("/", []Write{{Path: "eth1", Value: string(nv), Old: string(ov), Channels: true, What: "eth1 to 1 queue"}})
+		if err != nil {
+			return err
+		}
+		if got, _ := (Ethtool{}).Channels("eth1"); got.Rx != 1 || got.Tx != 1 {
+			return fmt.Errorf("after apply: %+v", got)
+		}
+		if err := Restore("/", rec); err != nil {
+			return err
+		}
+		if got, _ := (Ethtool{}).Channels("eth1"); got != cur {
+			return fmt.Errorf("after restore %+v, was %+v", got, cur)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

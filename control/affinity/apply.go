@@ -10,12 +10,16 @@ import (
 	"strings"
 )
 
-// Write is one file an apply changes, with the value it replaces.
+// Write is one change an apply makes, with the value it replaces: a file
+// below the root, or (Channels set) an interface's channel counts.
 type Write struct {
-	Path  string `json:"path"` // below the root, e.g. proc/irq/53/smp_affinity_list
+	Path  string `json:"path"` // below the root, e.g. proc/irq/53/smp_affinity_list; the interface for channels
 	Value string `json:"value"`
 	Old   string `json:"old"`
 	What  string `json:"what"` // e.g. "eth1 queue 0 IRQ 53 -> cpu2"
+	// Channels, when set, makes this a channel change (like `ethtool -L`):
+	// Value and Old are JSON-encoded Channels.
+	Channels bool `json:"channels,omitempty"`
 }
 
 // Writes lists what applying the plan changes: each queue IRQ's
@@ -49,6 +53,14 @@ func (p *Plan) Writes(h *Host, ifs []*Iface) ([]Write, error) {
 	}
 	for i, ip := range p.Ifaces {
 		ifc := ifs[i]
+		// Fewer queues first: the IRQs of the queues that go away vanish.
+		if c := ifc.Channels; c != nil && ip.Queues < c.Queues() {
+			nc := c.Reduced(ip.Queues)
+			nv, _ := json.Marshal(nc)
+			ov, _ := json.Marshal(*c)
+			ws = append(ws, Write{Path: ifc.Name, Value: string(nv), Old: string(ov), Channels: true,
+				What: fmt.Sprintf("%s channels %s -> %s (like `ethtool -L %s %s`)", ifc.Name, c, nc, ifc.Name, nc)})
+		}
 		for _, a := range ip.Assign {
 			for _, irq := range a.IRQs {
 				err := add(fmt.Sprintf("proc/irq/%d/smp_affinity_list", irq), FormatList([]int{a.CPU}),
@@ -91,6 +103,14 @@ func orOff(cpus []int) string {
 func Apply(root string, ws []Write) ([]Write, error) {
 	var done []Write
 	for _, w := range ws {
+		if w.Channels {
+			if err := setChannels(root, w.Path, w.Value); err != nil {
+				rerr := Restore(root, done)
+				return nil, fmt.Errorf("%s: %w (restored: %v)", w.What, err, rerr)
+			}
+			done = append(done, w)
+			continue
+		}
 		path := filepath.Join(root, w.Path)
 		if err := os.WriteFile(path, []byte(w.Value+"\n"), 0o644); err != nil {
 			rerr := Restore(root, done)
@@ -122,12 +142,39 @@ func Restore(root string, record []Write) error {
 	var errs []string
 	for i := len(record) - 1; i >= 0; i-- {
 		w := record[i]
+		if w.Channels {
+			if err := setChannels(root, w.Path, w.Old); err != nil {
+				errs = append(errs, err.Error())
+			}
+			continue
+		}
 		if err := os.WriteFile(filepath.Join(root, w.Path), []byte(w.Old+"\n"), 0o644); err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v", w.Path, err))
 		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("restore: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// setChannels sets an interface's channels from their JSON form and
+// reads them back.
+func setChannels(root, iface, value string) error {
+	var c Channels
+	if err := json.Unmarshal([]byte(value), &c); err != nil {
+		return fmt.Errorf("channels %q: %w", value, err)
+	}
+	io := ChannelsFor(root)
+	if err := io.SetChannels(iface, c); err != nil {
+		return err
+	}
+	got, err := io.Channels(iface)
+	if err != nil {
+		return err
+	}
+	if got.Rx != c.Rx || got.Tx != c.Tx || got.Combined != c.Combined {
+		return fmt.Errorf("%s: set channels %s, read back %s", iface, c, got)
 	}
 	return nil
 }

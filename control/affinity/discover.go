@@ -61,6 +61,9 @@ type Iface struct {
 	IRQs     []QueueIRQ
 	RPS      map[int][]int // rx queue -> rps_cpus
 	XPS      map[int][]int // tx queue -> xps_cpus
+	// Channels are the current and maximum queue counts, when the driver
+	// (or the recorded tree) reports them.
+	Channels *Channels
 }
 
 func (h *Host) path(p string) string { return filepath.Join(h.Root, p) }
@@ -253,6 +256,9 @@ func (h *Host) Iface(name string) (*Iface, error) {
 		return nil, err
 	}
 	ifc.IRQs = irqs
+	if c, err := ChannelsFor(h.Root).Channels(name); err == nil {
+		ifc.Channels = &c
+	}
 	return ifc, nil
 }
 

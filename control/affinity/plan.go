@@ -100,8 +100,7 @@ func MakePlan(h *Host, ifs []*Iface, o PlanOptions) (*Plan, error) {
 		ip := IfacePlan{Name: ifc.Name, Queues: max(ifc.RxQueues, ifc.TxQueues), XPS: map[int][]int{}, RPS: map[int][]int{}}
 		if o.ReduceQueues && ip.Queues > len(p.CPUs) {
 			ip.Queues = len(p.CPUs)
-			p.Notes = append(p.Notes, fmt.Sprintf("%s: %d queues reduced to %d, one per CPU (like `ethtool -L %s combined %d`)",
-				ifc.Name, max(ifc.RxQueues, ifc.TxQueues), ip.Queues, ifc.Name, ip.Queues))
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: %d queues reduced to %d, one per CPU", ifc.Name, max(ifc.RxQueues, ifc.TxQueues), ip.Queues))
 		}
 		for q := range ip.Queues {
 			qp := QueuePlan{Queue: q, CPU: p.WorkerCPU(q)}

@@ -133,3 +133,16 @@ for n, name in enumerate(("eth1", "eth2", "eth3")):
 irqs(r, 6, lines)
 softnet(r, [(558000000, 123456, 98765)] + [(0, 0, 0)] * 5)
 sysctls(r)
+
+# ethtool -l state, which /sys does not hold (see affinity.Recorded).
+import json
+def channels(root, name, **c):
+    full = {"MaxRx": 0, "MaxTx": 0, "MaxCombined": 0, "Rx": 0, "Tx": 0, "Combined": 0}
+    full.update(c)
+    w(root, f"ethtool/{name}/channels", json.dumps(full, separators=(",", ":")))  # as Go writes it
+
+for name in ("igb-router", "untuned-router"):
+    for i in ("eth1", "eth2", "eth3"):
+        channels(os.path.join(here, name), i, MaxCombined=8, Combined=6)
+channels(os.path.join(here, "virtio-vm"), "eth1", MaxCombined=4, Combined=4)
+channels(os.path.join(here, "mlx5-2s"), "eth0", MaxCombined=64, Combined=64)
