@@ -87,7 +87,9 @@ func (Ethtool) SetChannels(iface string, c Channels) error {
 // hold them.
 type Recorded struct{ Root string }
 
-func (r Recorded) path(iface string) string { return filepath.Join(r.Root, "ethtool", iface, "channels") }
+func (r Recorded) path(iface string) string {
+	return filepath.Join(r.Root, "ethtool", iface, "channels")
+}
 
 // Channels reads the recorded channels.
 func (r Recorded) Channels(iface string) (Channels, error) {
