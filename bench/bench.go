@@ -198,12 +198,8 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 		return nil, err
 	}
 	defer rt.close()
-	var links []gen.Link
-	for _, lk := range l.Ingress {
-		links = append(links, gen.Link{Iface: lk.A.Name, SrcMAC: lk.A.MAC, DstMAC: lk.B.MAC})
-	}
 	g, err := gen.New(gen.Config{
-		Namespace: l.GenNS, Links: links, Src: src, Dst: dst, Size: o.Size,
+		Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: dst, Size: o.Size,
 		Rate: o.Rate, Duration: o.Duration, CPUs: o.GenCPUs,
 	})
 	if err != nil {

@@ -548,3 +548,13 @@ func baseMask(p netip.Prefix) (base, mask [4]uint32) {
 	}
 	return base, mask
 }
+
+// LabLinks returns the generator's links into a lab's router: gen1 and
+// gen2, addressed to eth1 and eth2.
+func LabLinks(l *lab.Lab) []Link {
+	var out []Link
+	for _, lk := range l.Ingress {
+		out = append(out, Link{Iface: lk.A.Name, SrcMAC: lk.A.MAC, DstMAC: lk.B.MAC})
+	}
+	return out
+}

@@ -30,15 +30,6 @@ func upLab(t *testing.T) *lab.Lab {
 	return l
 }
 
-// ingressLinks returns the generator's links of a lab.
-func ingressLinks(l *lab.Lab) []Link {
-	var out []Link
-	for _, lk := range l.Ingress {
-		out = append(out, Link{Iface: lk.A.Name, SrcMAC: lk.A.MAC, DstMAC: lk.B.MAC})
-	}
-	return out
-}
-
 func allCPUs() []int {
 	var cpus []int
 	for i := range runtime.NumCPU() {
@@ -79,7 +70,7 @@ func TestKernelForwardingExact(t *testing.T) {
 		t.Run(fmt.Sprintf("v%d-%dB", tc.family, tc.size), func(t *testing.T) {
 			src, dst := DefaultPrefixes(tc.family)
 			g, err := New(Config{
-				Namespace: l.GenNS, Links: ingressLinks(l), Src: src, Dst: dst,
+				Namespace: l.GenNS, Links: LabLinks(l), Src: src, Dst: dst,
 				Size: tc.size, Count: tc.count, Rate: 50000, CPUs: allCPUs(),
 			})
 			if err != nil {
@@ -123,7 +114,7 @@ func TestRateControl(t *testing.T) {
 	s := attachSink(t, l)
 	const target = 100000.0
 	g, err := New(Config{
-		Namespace: l.GenNS, Links: ingressLinks(l), Rate: target,
+		Namespace: l.GenNS, Links: LabLinks(l), Rate: target,
 		Duration: 3 * time.Second, CPUs: allCPUs(),
 	})
 	if err != nil {

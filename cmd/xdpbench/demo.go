@@ -77,7 +77,7 @@ func liveKernel(ctx context.Context, cmd *cobra.Command, l *lab.Lab, d time.Dura
 		cpus = append(cpus, i)
 	}
 	src, dst := gen.DefaultPrefixes(4)
-	g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: genLinks(l), Src: src, Dst: dst, Duration: d, CPUs: cpus})
+	g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: dst, Duration: d, CPUs: cpus})
 	if err != nil {
 		return err
 	}

@@ -12,15 +12,6 @@ import (
 	"github.com/xdprouter/xdprouter/lab"
 )
 
-// genLinks returns the generator's links into the router of a lab.
-func genLinks(l *lab.Lab) []gen.Link {
-	var out []gen.Link
-	for _, lk := range l.Ingress {
-		out = append(out, gen.Link{Iface: lk.A.Name, SrcMAC: lk.A.MAC, DstMAC: lk.B.MAC})
-	}
-	return out
-}
-
 func newGenCmd() *cobra.Command {
 	var (
 		labName, src, dst, cpus string
@@ -50,7 +41,7 @@ without it, it sends as fast as it can.`,
 			if err != nil {
 				return err
 			}
-			cfg := gen.Config{Namespace: l.GenNS, Links: genLinks(l), Size: size, Rate: rate,
+			cfg := gen.Config{Namespace: l.GenNS, Links: gen.LabLinks(l), Size: size, Rate: rate,
 				Duration: duration, Count: count}
 			cfg.Src, cfg.Dst = gen.DefaultPrefixes(family)
 			if src != "" {

@@ -54,7 +54,7 @@ func newChurnSet(rng *rand.Rand, v6 bool) *churnSet {
 	}
 	for range 500 {
 		p := c.ps[rng.IntN(len(c.ps))]
-		c.probes = append(c.probes, p.Addr(), lastOf(p))
+		c.probes = append(c.probes, p.Addr(), fib.LastAddr(p))
 	}
 	for _, a := range c.probes {
 		v := map[fib.Result]bool{c.result(-1): true}
@@ -70,15 +70,6 @@ func newChurnSet(rng *rand.Rand, v6 bool) *churnSet {
 
 // result is prefix i's own result (-1: the base's).
 func (c *churnSet) result(i int) fib.Result { return fib.MakeResult(fib.RouteNexthop, uint32(i+1)) }
-
-func lastOf(p netip.Prefix) netip.Addr {
-	b := p.Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
-}
 
 // TestConcurrentChurn has Go readers and the kernel look up addresses
 // while a writer inserts and deletes prefixes in a table with so few

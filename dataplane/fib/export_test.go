@@ -11,5 +11,8 @@ var (
 // RefTable is the test oracle.
 type RefTable = refTable
 
+// LastAddr is the last address of a prefix.
+var LastAddr = lastAddr
+
 // OracleLookup is the oracle's longest-prefix match.
 func OracleLookup(r RefTable, a netip.Addr) Result { return r.lookup(a) }

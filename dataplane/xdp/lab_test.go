@@ -100,14 +100,6 @@ func kernelForwarded(t *testing.T, ns string) uint64 {
 	return n
 }
 
-func genLinks(l *lab.Lab) []gen.Link {
-	var out []gen.Link
-	for _, lk := range l.Ingress {
-		out = append(out, gen.Link{Iface: lk.A.Name, SrcMAC: lk.A.MAC, DstMAC: lk.B.MAC})
-	}
-	return out
-}
-
 func allCPUs() []int {
 	var c []int
 	for i := range runtime.NumCPU() {
@@ -132,7 +124,7 @@ func TestLabForwardExact(t *testing.T) {
 	var sent uint64
 	for _, fam := range []int{4, 6} {
 		src, dst := gen.DefaultPrefixes(fam)
-		g, err := gen.New(gen.Config{Namespace: r.lab.GenNS, Links: genLinks(r.lab), Src: src, Dst: dst,
+		g, err := gen.New(gen.Config{Namespace: r.lab.GenNS, Links: gen.LabLinks(r.lab), Src: src, Dst: dst,
 			Count: 20000, Rate: 50000, CPUs: allCPUs()})
 		if err != nil {
 			t.Fatal(err)
@@ -233,7 +225,7 @@ func TestLabNeighbourResolved(t *testing.T) {
 	}
 	defer sk.Close()
 	c0 := r.counters(t)
-	g, err := gen.New(gen.Config{Namespace: r.lab.GenNS, Links: genLinks(r.lab)[:1],
+	g, err := gen.New(gen.Config{Namespace: r.lab.GenNS, Links: gen.LabLinks(r.lab)[:1],
 		Src: netip.MustParsePrefix("10.0.0.0/8"), Dst: netip.MustParsePrefix("198.19.200.0/24"),
 		Count: 2000, Rate: 2000, CPUs: []int{0}})
 	if err != nil {

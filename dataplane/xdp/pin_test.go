@@ -54,7 +54,7 @@ func TestRestartWithPinnedMaps(t *testing.T) {
 		}
 		defer sk.Close()
 		src, dst := gen.DefaultPrefixes(4)
-		g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: genLinks(l), Src: src, Dst: dst, Count: want, Rate: 50000, CPUs: allCPUs()})
+		g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: dst, Count: want, Rate: 50000, CPUs: allCPUs()})
 		if err != nil {
 			t.Fatal(err)
 		}

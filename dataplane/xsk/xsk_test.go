@@ -76,10 +76,7 @@ func TestSteering(t *testing.T) {
 	for i := range runtime.NumCPU() {
 		cpus = append(cpus, i)
 	}
-	var links []gen.Link
-	for _, lk := range l.Ingress {
-		links = append(links, gen.Link{Iface: lk.A.Name, SrcMAC: lk.A.MAC, DstMAC: lk.B.MAC})
-	}
+	links := gen.LabLinks(l)
 	const n = 20000
 	g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: links, Count: n, Rate: 20000, CPUs: cpus})
 	if err != nil {
