@@ -60,7 +60,7 @@ enum counter {
 	C_PASS_KERNEL_ROUTE, // throw, broadcast and other routes for the kernel
 	C_PASS_NEIGHBOUR,    // nexthop unresolved, incomplete or failed
 	C_PASS_MTU,          // larger than the egress MTU
-	C_PASS_NO_XSK,       // engine afxdp with no socket on this queue
+	C_PASS_NO_XSK,       // engine afxdp with no socket on this queue or for the egress
 	// Dropped, by reason.
 	C_DROP_MALFORMED,
 	C_DROP_CHECKSUM,
@@ -133,6 +133,16 @@ struct {
 	__type(key, __u32); // slot * MAX_QUEUES + queue
 	__type(value, __u32);
 } xsks SEC(".maps");
+
+// xsk_egress holds the interfaces the AF_XDP engine can transmit on (a
+// socket on every worker's queue): engine afxdp steers a frame to its
+// socket only when its egress is one of them, else the kernel forwards it.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32); // ifindex
+	__type(value, __u8);
+} xsk_egress SEC(".maps");
 
 // hop is where a forwardable frame goes.
 struct hop {
@@ -270,7 +280,7 @@ static __always_inline int send(struct pkt *p, struct hop *h, __u32 l3len)
 		return pass(p, C_PASS_MTU);
 	if (p->cfg->engine == ENGINE_AFXDP) {
 		__u32 key = p->cfg->slot * MAX_QUEUES + p->ctx->rx_queue_index;
-		if (p->ctx->rx_queue_index >= MAX_QUEUES)
+		if (p->ctx->rx_queue_index >= MAX_QUEUES || !bpf_map_lookup_elem(&xsk_egress, &h->ifindex))
 			return pass(p, C_PASS_NO_XSK);
 		int act = bpf_redirect_map(&xsks, key, XDP_PASS);
 		if (act == XDP_REDIRECT)

@@ -22,6 +22,7 @@ struct sink_counters {
 	__u64 matched_bytes;
 	__u64 matched_min_len;
 	__u64 matched_max_len;
+	__u64 matched_foreign_mac; // matched frames not addressed to the receiving interface's MAC
 };
 
 struct {
@@ -30,6 +31,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sink_counters);
 } sink_counts SEC(".maps");
+
+struct mac {
+	__u8 a[6];
+};
+
+// macs holds each sink interface's own MAC, by ifindex.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct mac);
+} macs SEC(".maps");
 
 static __always_inline int is_test_udp(void *data, void *end)
 {
@@ -85,6 +98,17 @@ int xdpsink(struct xdp_md *ctx)
 		c->matched_min_len = len;
 	if (len > c->matched_max_len)
 		c->matched_max_len = len;
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct mac *m = bpf_map_lookup_elem(&macs, &ifindex);
+	if (m) {
+		__u8 *d = data;
+		int diff = 0;
+#pragma unroll
+		for (int i = 0; i < 6; i++)
+			diff |= d[i] ^ m->a[i];
+		if (diff)
+			c->matched_foreign_mac++;
+	}
 	return XDP_DROP;
 }
 

@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
 )
 
 // ErrNotRoot means the caller lacks the privileges to build namespaces and
@@ -28,23 +30,7 @@ func RequireRoot() error {
 // Go scheduler: it ends with fn, so no other goroutine can inherit the
 // namespace. Goroutines that fn starts run in the caller's namespace.
 func InNamespace(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// Deliberately never unlocked: the thread exits with this goroutine.
-		runtime.LockOSThread()
-		ns, err := netns.GetFromName(name)
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", name, err)
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+	return netnsrun.Do(name, fn)
 }
 
 // handleAt returns a netlink handle bound to the named namespace; the caller

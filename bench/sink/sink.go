@@ -26,6 +26,10 @@ type Counters struct {
 	Packets, Bytes               uint64
 	MatchedPackets, MatchedBytes uint64
 	MatchedMinLen, MatchedMaxLen uint64 // frame lengths without FCS
+	// MatchedForeignMAC are matched frames whose destination MAC is not
+	// the receiving interface's: a router that rewrote with a stale or
+	// wrong next hop.
+	MatchedForeignMAC uint64
 }
 
 // Sink is the counting XDP program attached to one or more interfaces of a
@@ -58,6 +62,11 @@ func Attach(namespace string, ifaces []string, port uint16) (*Sink, error) {
 			l, err := netlink.LinkByName(name)
 			if err != nil {
 				return fmt.Errorf("find %s in %s: %w", name, namespace, err)
+			}
+			var mac [6]byte
+			copy(mac[:], l.Attrs().HardwareAddr)
+			if err := s.objs.Macs.Put(uint32(l.Attrs().Index), xdpsinkMac{A: mac}); err != nil {
+				return fmt.Errorf("sink: record %s's MAC: %w", name, err)
 			}
 			xl, err := link.AttachXDP(link.XDPOptions{
 				Program: s.objs.Xdpsink, Interface: l.Attrs().Index, Flags: link.XDPDriverMode,
@@ -99,6 +108,7 @@ func (s *Sink) PerCPU() ([]Counters, error) {
 			Packets: v.Packets, Bytes: v.Bytes,
 			MatchedPackets: v.MatchedPackets, MatchedBytes: v.MatchedBytes,
 			MatchedMinLen: v.MatchedMinLen, MatchedMaxLen: v.MatchedMaxLen,
+			MatchedForeignMAC: v.MatchedForeignMac,
 		}
 	}
 	return out, nil
@@ -116,6 +126,7 @@ func (s *Sink) Counters() (Counters, error) {
 		c.Bytes += p.Bytes
 		c.MatchedPackets += p.MatchedPackets
 		c.MatchedBytes += p.MatchedBytes
+		c.MatchedForeignMAC += p.MatchedForeignMAC
 		if p.MatchedMinLen != 0 && (c.MatchedMinLen == 0 || p.MatchedMinLen < c.MatchedMinLen) {
 			c.MatchedMinLen = p.MatchedMinLen
 		}

@@ -13,20 +13,27 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xdpsinkMac struct {
+	_ structs.HostLayout
+	A [6]uint8
+}
+
 type xdpsinkSinkCounters struct {
-	_              structs.HostLayout
-	Packets        uint64
-	Bytes          uint64
-	MatchedPackets uint64
-	MatchedBytes   uint64
-	MatchedMinLen  uint64
-	MatchedMaxLen  uint64
+	_                 structs.HostLayout
+	Packets           uint64
+	Bytes             uint64
+	MatchedPackets    uint64
+	MatchedBytes      uint64
+	MatchedMinLen     uint64
+	MatchedMaxLen     uint64
+	MatchedForeignMac uint64
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	xdpsinkMapMacs       = "macs"
 	xdpsinkMapSinkCounts = "sink_counts"
 	xdpsinkProgXdpsink   = "xdpsink"
 	xdpsinkVarMatchPort  = "match_port"
@@ -81,6 +88,7 @@ type xdpsinkProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpsinkMapSpecs struct {
+	Macs       *ebpf.MapSpec `ebpf:"macs"`
 	SinkCounts *ebpf.MapSpec `ebpf:"sink_counts"`
 }
 
@@ -111,11 +119,13 @@ func (o *xdpsinkObjects) Close() error {
 //
 // It can be passed to loadXdpsinkObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpsinkMaps struct {
+	Macs       *ebpf.Map `ebpf:"macs"`
 	SinkCounts *ebpf.Map `ebpf:"sink_counts"`
 }
 
 func (m *xdpsinkMaps) Close() error {
 	return _XdpsinkClose(
+		m.Macs,
 		m.SinkCounts,
 	)
 }

@@ -6,6 +6,8 @@ package packet
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/xdprouter/xdprouter/dataplane/fib"
 )
 
 // Errors a worker counts by reason; the frame is then not forwarded.
@@ -81,3 +83,37 @@ func Forward(frame []byte, dst, src *[6]byte) error {
 	copy(frame[6:12], src[:])
 	return nil
 }
+
+// L3Len is the IP packet's length (IPv4 total length, IPv6 40 + payload
+// length) of a frame that passed Dst: what an MTU is compared with.
+func L3Len(frame []byte) int {
+	if binary.BigEndian.Uint16(frame[12:14]) == 0x0800 {
+		return int(binary.BigEndian.Uint16(frame[16:18]))
+	}
+	return 40 + int(binary.BigEndian.Uint16(frame[18:20]))
+}
+
+// FlowHash is the ECMP flow hash of a frame that passed Dst, bit for bit
+// the one bpf/router.c computes: addresses, protocol, and the ports of
+// TCP, UDP and SCTP (zero for IPv4 fragments), so the kernel path and the
+// workers pick the same member for a flow.
+func FlowHash(frame []byte) uint32 {
+	ip := frame[14:]
+	if binary.BigEndian.Uint16(frame[12:14]) == 0x0800 {
+		proto := ip[9]
+		hl := int(ip[0]&0xf) * 4
+		var sport, dport uint16
+		if binary.BigEndian.Uint16(ip[6:8])&0x3fff == 0 && l4Ports(proto) && len(ip) >= hl+4 {
+			sport, dport = binary.BigEndian.Uint16(ip[hl:]), binary.BigEndian.Uint16(ip[hl+2:])
+		}
+		return fib.FlowHash4(binary.BigEndian.Uint32(ip[12:16]), binary.BigEndian.Uint32(ip[16:20]), proto, sport, dport)
+	}
+	proto := ip[6]
+	var sport, dport uint16
+	if l4Ports(proto) && len(ip) >= 44 {
+		sport, dport = binary.BigEndian.Uint16(ip[40:]), binary.BigEndian.Uint16(ip[42:])
+	}
+	return fib.FlowHash6((*[16]byte)(ip[8:24]), (*[16]byte)(ip[24:40]), proto, sport, dport)
+}
+
+func l4Ports(proto uint8) bool { return proto == 6 || proto == 17 || proto == 132 }

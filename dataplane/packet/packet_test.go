@@ -2,12 +2,15 @@ package packet
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net"
 	"testing"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+
+	"github.com/xdprouter/xdprouter/dataplane/fib"
 )
 
 var (
@@ -163,4 +166,50 @@ func FuzzForward(f *testing.F) {
 			t.Fatalf("checksum invalid after Forward (sum %#x)", s)
 		}
 	})
+}
+
+// TestFlowHashAndL3Len: the ECMP hash is fib's FlowHash over the fields
+// gopacket decodes (ports zero for IPv4 fragments and for protocols
+// without ports), and L3Len is the IP length gopacket reads.
+func TestFlowHashAndL3Len(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		v6   bool
+		frag bool
+		icmp bool
+	}{{"udp4", false, false, false}, {"udp6", true, false, false}, {"fragment4", false, true, false}, {"icmp4", false, false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := build(t, tc.v6, 64, 100, srcMAC[:], dstMAC[:])
+			if tc.frag {
+				f[14+6] |= 0x20 // more fragments (the checksum does not matter here)
+			}
+			if tc.icmp {
+				f[14+9] = 1
+			}
+			p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+			var want uint32
+			var l3 int
+			if tc.v6 {
+				ip := p.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+				u := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+				want = fib.FlowHash6((*[16]byte)(ip.SrcIP.To16()), (*[16]byte)(ip.DstIP.To16()), uint8(ip.NextHeader), uint16(u.SrcPort), uint16(u.DstPort))
+				l3 = 40 + int(ip.Length)
+			} else {
+				ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+				var sp, dp uint16
+				if !tc.frag && !tc.icmp {
+					u := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+					sp, dp = uint16(u.SrcPort), uint16(u.DstPort)
+				}
+				want = fib.FlowHash4(binary.BigEndian.Uint32(ip.SrcIP.To4()), binary.BigEndian.Uint32(ip.DstIP.To4()), uint8(ip.Protocol), sp, dp)
+				l3 = int(ip.Length)
+			}
+			if got := FlowHash(f); got != want {
+				t.Errorf("FlowHash %#x, want %#x", got, want)
+			}
+			if got := L3Len(f); got != l3 {
+				t.Errorf("L3Len %d, want %d", got, l3)
+			}
+		})
+	}
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,41 +57,9 @@ func (r *rig) counters(t *testing.T) Counters {
 	return sum
 }
 
-// kernelForwarded reads how many packets the router's kernel forwarded
-// itself (IPv4 ForwDatagrams + IPv6 Ip6OutForwDatagrams).
 func kernelForwarded(t *testing.T, ns string) uint64 {
 	t.Helper()
-	var n uint64
-	err := lab.InNamespace(ns, func() error {
-		b, err := os.ReadFile("/proc/net/snmp")
-		if err != nil {
-			return err
-		}
-		lines := strings.Split(string(b), "\n")
-		for i := 0; i+1 < len(lines); i++ {
-			if strings.HasPrefix(lines[i], "Ip: ") && strings.HasPrefix(lines[i+1], "Ip: ") {
-				h, v := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-				for k := range h {
-					if h[k] == "ForwDatagrams" {
-						x, _ := strconv.ParseUint(v[k], 10, 64)
-						n += x
-					}
-				}
-				break
-			}
-		}
-		b, err = os.ReadFile("/proc/net/snmp6")
-		if err != nil {
-			return err
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) == 2 && f[0] == "Ip6OutForwDatagrams" {
-				x, _ := strconv.ParseUint(f[1], 10, 64)
-				n += x
-			}
-		}
-		return nil
-	})
+	n, err := lab.KernelForwarded(ns)
 	if err != nil {
 		t.Fatal(err)
 	}

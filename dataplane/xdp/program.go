@@ -161,12 +161,12 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 }
 
 // pinnedMaps are the program's own maps, pinned with Options.PinPath.
-var pinnedMaps = []string{"ifaces", "counters", "local4", "local6", "tx_ports", "xsks"}
+var pinnedMaps = []string{"ifaces", "counters", "local4", "local6", "tx_ports", "xsks", "xsk_egress"}
 
 // Unpin removes the program's pins.
 func (p *Program) Unpin() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{p.objs.Ifaces, p.objs.Counters, p.objs.Local4, p.objs.Local6, p.objs.TxPorts, p.objs.Xsks} {
+	for _, m := range []*ebpf.Map{p.objs.Ifaces, p.objs.Counters, p.objs.Local4, p.objs.Local6, p.objs.TxPorts, p.objs.Xsks, p.objs.XskEgress} {
 		if m.IsPinned() {
 			errs = append(errs, m.Unpin())
 		}
@@ -349,6 +349,25 @@ func (p *Program) RemoveLocal(a netip.Addr) error {
 // XSKMap returns the AF_XDP socket map; socket (slot, queue) goes at key
 // slot*MaxQueues + queue.
 func (p *Program) XSKMap() *ebpf.Map { return p.objs.Xsks }
+
+// AddXSKEgress lets engine afxdp steer frames routed to ifindex to the
+// AF_XDP workers: call it once the interface has a socket on every
+// worker's queue. Frames routed elsewhere go to the kernel.
+func (p *Program) AddXSKEgress(ifindex int) error {
+	if err := p.objs.XskEgress.Put(uint32(ifindex), uint8(1)); err != nil {
+		return fmt.Errorf("add ifindex %d to the AF_XDP egress map: %w", ifindex, err)
+	}
+	return nil
+}
+
+// RemoveXSKEgress stops steering frames routed to ifindex to the AF_XDP
+// workers; the kernel forwards them.
+func (p *Program) RemoveXSKEgress(ifindex int) error {
+	if err := p.objs.XskEgress.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("remove ifindex %d from the AF_XDP egress map: %w", ifindex, err)
+	}
+	return nil
+}
 
 // Slot returns an interface's counter and XSKMAP slot.
 func (p *Program) Slot(ifindex int) (uint32, bool) {

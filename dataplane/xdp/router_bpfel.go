@@ -84,6 +84,7 @@ const (
 	routerMapLocal4        = "local4"
 	routerMapLocal6        = "local6"
 	routerMapTxPorts       = "tx_ports"
+	routerMapXskEgress     = "xsk_egress"
 	routerMapXsks          = "xsks"
 	routerProgXdpRouter    = "xdp_router"
 	routerVarFibSource     = "fib_source"
@@ -155,6 +156,7 @@ type routerMapSpecs struct {
 	Local4     *ebpf.MapSpec `ebpf:"local4"`
 	Local6     *ebpf.MapSpec `ebpf:"local6"`
 	TxPorts    *ebpf.MapSpec `ebpf:"tx_ports"`
+	XskEgress  *ebpf.MapSpec `ebpf:"xsk_egress"`
 	Xsks       *ebpf.MapSpec `ebpf:"xsks"`
 }
 
@@ -202,6 +204,7 @@ type routerMaps struct {
 	Local4     *ebpf.Map `ebpf:"local4"`
 	Local6     *ebpf.Map `ebpf:"local6"`
 	TxPorts    *ebpf.Map `ebpf:"tx_ports"`
+	XskEgress  *ebpf.Map `ebpf:"xsk_egress"`
 	Xsks       *ebpf.Map `ebpf:"xsks"`
 }
 
@@ -220,6 +223,7 @@ func (m *routerMaps) Close() error {
 		m.Local4,
 		m.Local6,
 		m.TxPorts,
+		m.XskEgress,
 		m.Xsks,
 	)
 }

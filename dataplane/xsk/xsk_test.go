@@ -41,6 +41,9 @@ func TestSteering(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer prog.Close()
+	if err := prog.AddXSKEgress(eg.A.Index); err != nil {
+		t.Fatal(err)
+	}
 	err = lab.InNamespace(l.RouterNS, func() error {
 		for _, lk := range l.Ingress {
 			if err := prog.Attach(lk.B.Index, xdp.EngineAFXDP, xdp.AttachOptions{}); err != nil {

@@ -1,0 +1,451 @@
+// Package engine is the AF_XDP forwarding engine: worker q is a goroutine
+// locked to an OS thread pinned to CPU plan[q], and it alone owns queue q
+// of every interface (one AF_XDP socket each), so no ring has two users
+// and nothing is locked on the hot path. A worker receives a batch from
+// each of its sockets, looks the batch up in the FIB, rewrites each frame
+// (MACs, TTL or hop limit, checksum), copies it into a send frame of the
+// egress interface's socket for the same queue, kicks transmission, reaps
+// completions and refills.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/safchain/ethtool"
+	vnl "github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/xdprouter/xdprouter/dataplane/fib"
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/dataplane/xsk"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
+)
+
+// Config is what an engine serves and how.
+type Config struct {
+	// Namespace is the network namespace of the interfaces ("" = ours).
+	Namespace string
+	// Program is the loaded router program: its XSKMAP steers frames of
+	// interfaces attached with engine afxdp to the workers.
+	Program *xdp.Program
+	// Table is the FIB the workers look up (the program's).
+	Table *fib.Table
+	// Interfaces are the ifindexes the workers serve: each gets a socket
+	// per queue (up to Queues); those attached with engine afxdp receive,
+	// all of them can be egresses.
+	Interfaces []int
+	// Queues is the number of workers, serving queues 0..Queues-1
+	// (default: the fewest queues of the interfaces).
+	Queues int
+	// CPUs[q] is worker q's CPU (default q mod the number of CPUs; -1
+	// leaves a worker unpinned).
+	CPUs []int
+	// Socket sizes every socket.
+	Socket xsk.Options
+	// Batch is the most frames a worker takes from one socket a round
+	// (default 64).
+	Batch int
+	// Spin is how long an idle worker busy-polls before sleeping in
+	// poll(2) (default 200µs; negative: never sleep, 100 % of its CPU).
+	Spin time.Duration
+}
+
+// Engine is a running set of workers.
+type Engine struct {
+	cfg     Config
+	mu      sync.Mutex
+	workers []*worker
+	ports   map[int][]*port // by ifindex, by queue (nil where none)
+	stopped bool
+}
+
+// Validate reports every problem of the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Program == nil {
+		errs = append(errs, errors.New("engine: no router program"))
+	}
+	if c.Table == nil {
+		errs = append(errs, errors.New("engine: no FIB table"))
+	}
+	if len(c.Interfaces) == 0 {
+		errs = append(errs, errors.New("engine: no interfaces"))
+	}
+	if c.Queues < 0 || c.Queues > xdp.MaxQueues {
+		errs = append(errs, fmt.Errorf("engine: %d queues: between 1 and %d", c.Queues, xdp.MaxQueues))
+	}
+	for q, cpu := range c.CPUs {
+		if cpu >= runtime.NumCPU() {
+			errs = append(errs, fmt.Errorf("engine: worker %d on CPU %d: this machine has %d", q, cpu, runtime.NumCPU()))
+		}
+	}
+	if c.Batch < 0 || c.Batch > 1024 {
+		errs = append(errs, fmt.Errorf("engine: batch %d: between 1 and 1024", c.Batch))
+	}
+	if err := c.Socket.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("engine: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Start opens the sockets, starts the workers, then lets the program
+// steer to them (egress map, then XSKMAP), so no frame is steered before
+// a worker serves it.
+func Start(cfg Config) (*Engine, error) {
+	if cfg.Batch == 0 {
+		cfg.Batch = 64
+	}
+	if cfg.Spin == 0 {
+		cfg.Spin = 200 * time.Microsecond
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Queues == 0 {
+		for _, ifindex := range cfg.Interfaces {
+			n, err := QueueCount(cfg.Namespace, ifindex)
+			if err != nil {
+				return nil, err
+			}
+			if cfg.Queues == 0 || n < cfg.Queues {
+				cfg.Queues = n
+			}
+		}
+		cfg.Queues = min(cfg.Queues, xdp.MaxQueues)
+	}
+	e := &Engine{cfg: cfg, ports: map[int][]*port{}}
+	for q := range cfg.Queues {
+		cpu := q % runtime.NumCPU()
+		if q < len(cfg.CPUs) {
+			cpu = cfg.CPUs[q]
+		}
+		e.workers = append(e.workers, newWorker(e, q, cpu))
+	}
+	for _, ifindex := range cfg.Interfaces {
+		if err := e.open(ifindex); err != nil {
+			e.closeAll()
+			return nil, err
+		}
+	}
+	for _, w := range e.workers {
+		started := make(chan error, 1)
+		go w.run(started)
+		if err := <-started; err != nil {
+			e.closeAll()
+			return nil, fmt.Errorf("pin worker %d to CPU %d: %w", w.q, w.cpu, err)
+		}
+	}
+	for _, ifindex := range cfg.Interfaces {
+		if err := e.publish(ifindex); err != nil {
+			_ = e.Stop()
+			return nil, err
+		}
+	}
+	slog.Info("afxdp engine started", "workers", len(e.workers), "interfaces", len(cfg.Interfaces), "zero_copy", e.zeroCopy())
+	return e, nil
+}
+
+// open creates ifindex's sockets (one per queue it has, up to the
+// workers) and hands each to its worker (before the workers run, or
+// through their command channel).
+func (e *Engine) open(ifindex int) error {
+	n, err := QueueCount(e.cfg.Namespace, ifindex)
+	if err != nil {
+		return err
+	}
+	ports := make([]*port, len(e.workers))
+	for q := range min(n, len(e.workers)) {
+		s, err := xsk.Open(e.cfg.Namespace, ifindex, q, e.cfg.Socket)
+		if err != nil {
+			for _, p := range ports {
+				if p != nil {
+					p.s.Close()
+				}
+			}
+			return err
+		}
+		ports[q] = &port{s: s, ifindex: ifindex, queue: q, pending: make([]xsk.Desc, 0, s.Options().RingSize)}
+	}
+	e.ports[ifindex] = ports
+	for q, p := range ports {
+		if p != nil {
+			e.workers[q].do(func(w *worker) { w.ports = append(w.ports, p) })
+		}
+	}
+	if n < len(e.workers) {
+		slog.Warn("interface has fewer queues than workers: only its own queues' workers receive there, and frames routed to it go to the kernel",
+			"ifindex", ifindex, "queues", n, "workers", len(e.workers))
+	}
+	return nil
+}
+
+// do runs f on the worker's goroutine (at its next round), or directly
+// when it is not running.
+func (w *worker) do(f func(*worker)) {
+	if w.tid.Load() == 0 {
+		f(w)
+		return
+	}
+	ran := make(chan struct{})
+	select {
+	case w.cmd <- func(w *worker) { f(w); close(ran) }:
+		<-ran
+	case <-w.done:
+		f(w)
+	}
+}
+
+// publish lets the program steer to ifindex's sockets: egress first (only
+// when every worker has a socket there), then receive.
+func (e *Engine) publish(ifindex int) error {
+	ports := e.ports[ifindex]
+	if !slices.Contains(ports, nil) {
+		if err := e.cfg.Program.AddXSKEgress(ifindex); err != nil {
+			return err
+		}
+	}
+	slot, ok := e.cfg.Program.Slot(ifindex)
+	if !ok {
+		return nil // egress only
+	}
+	for q, p := range ports {
+		if p != nil {
+			if err := p.s.Register(e.cfg.Program.XSKMap(), slot*xdp.MaxQueues+uint32(q)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// unpublish stops steering to ifindex's sockets: frames go to the kernel.
+func (e *Engine) unpublish(ifindex int) error {
+	errs := []error{e.cfg.Program.RemoveXSKEgress(ifindex)}
+	if slot, ok := e.cfg.Program.Slot(ifindex); ok {
+		for q := range e.ports[ifindex] {
+			errs = append(errs, xsk.Unregister(e.cfg.Program.XSKMap(), slot*xdp.MaxQueues+uint32(q)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Rebuild recreates an interface's sockets (after it went down and up, or
+// its queue count changed) while the other interfaces keep forwarding.
+func (e *Engine) Rebuild(ifindex int) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped {
+		return errors.New("engine stopped")
+	}
+	if _, ok := e.ports[ifindex]; !ok {
+		return fmt.Errorf("ifindex %d: not served by the engine", ifindex)
+	}
+	err := e.remove(ifindex)
+	if err := e.open(ifindex); err != nil {
+		return fmt.Errorf("rebuild ifindex %d: %w", ifindex, errors.Join(err, e.remove(ifindex)))
+	}
+	if err := e.publish(ifindex); err != nil {
+		return fmt.Errorf("rebuild ifindex %d: %w", ifindex, err)
+	}
+	slog.Info("afxdp sockets rebuilt", "ifindex", ifindex, "queues", served(e.ports[ifindex]))
+	return err
+}
+
+// served is the number of queues of an interface that have a socket.
+func served(ports []*port) int {
+	n := 0
+	for _, p := range ports {
+		if p != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// remove unpublishes ifindex, takes its sockets from the workers (each
+// sends what it queued there first) and closes them.
+func (e *Engine) remove(ifindex int) error {
+	err := e.unpublish(ifindex)
+	for q, p := range e.ports[ifindex] {
+		if p == nil {
+			continue
+		}
+		e.workers[q].do(func(w *worker) {
+			w.ports = slices.DeleteFunc(w.ports, func(p *port) bool { return p.ifindex == ifindex })
+		})
+		if cerr := p.s.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close AF_XDP socket ifindex %d queue %d: %w", ifindex, q, cerr))
+		}
+	}
+	delete(e.ports, ifindex)
+	return err
+}
+
+// Stop stops steering, lets the workers drain (forward what they hold,
+// wait for their sends to complete), then closes every socket.
+func (e *Engine) Stop() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped {
+		return nil
+	}
+	e.stopped = true
+	var errs []error
+	for ifindex := range e.ports {
+		errs = append(errs, e.unpublish(ifindex))
+	}
+	for _, w := range e.workers {
+		w.stop.Store(true)
+	}
+	for _, w := range e.workers {
+		if w.tid.Load() != 0 {
+			<-w.done
+		}
+	}
+	errs = append(errs, e.leaks())
+	e.closeAll()
+	slog.Info("afxdp engine stopped")
+	return errors.Join(errs...)
+}
+
+// ErrLeak is returned by Stop when a socket's frames are not all back
+// where they belong after draining.
+var ErrLeak = errors.New("AF_XDP frame accounting")
+
+func (e *Engine) leaks() error {
+	var errs []error
+	for ifindex, ports := range e.ports {
+		for q, p := range ports {
+			if p == nil {
+				continue
+			}
+			f := p.s.Frames()
+			if f.Fill+f.RxRing+f.Spare != f.RxTotal || f.TxInFlight != 0 {
+				errs = append(errs, fmt.Errorf("%w: ifindex %d queue %d: %+v", ErrLeak, ifindex, q, f))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Engine) closeAll() {
+	for _, ports := range e.ports {
+		for _, p := range ports {
+			if p != nil {
+				p.s.Close()
+			}
+		}
+	}
+	e.ports = map[int][]*port{}
+	for _, w := range e.workers {
+		if w.tid.Load() == 0 {
+			w.r.Close()
+		}
+	}
+}
+
+func (e *Engine) zeroCopy() bool {
+	for _, ports := range e.ports {
+		for _, p := range ports {
+			if p != nil && !p.s.ZeroCopy {
+				return false
+			}
+		}
+	}
+	return len(e.ports) > 0
+}
+
+// Workers is the number of workers.
+func (e *Engine) Workers() int { return len(e.workers) }
+
+// QueueCount is the number of receive queues the driver uses on an
+// interface (ethtool channels: combined + rx), 1 when it does not say.
+func QueueCount(namespace string, ifindex int) (int, error) {
+	n := 1
+	err := netnsrun.Do(namespace, func() error {
+		l, err := vnl.LinkByIndex(ifindex)
+		if err != nil {
+			return fmt.Errorf("ifindex %d: %w", ifindex, err)
+		}
+		et, err := ethtool.NewEthtool()
+		if err != nil {
+			return fmt.Errorf("ethtool: %w", err)
+		}
+		defer et.Close()
+		ch, err := et.GetChannels(l.Attrs().Name)
+		if err != nil {
+			// No channels API: as many queues as the device was created with.
+			n = max(1, l.Attrs().NumRxQueues)
+			return nil
+		}
+		n = max(1, int(ch.CombinedCount+ch.RxCount))
+		return nil
+	})
+	return n, err
+}
+
+// Watch rebuilds an interface's sockets when it comes back up or its
+// queue count changes, until ctx ends.
+func (e *Engine) Watch(ctx context.Context) error {
+	ch := make(chan vnl.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	ns := netns.None()
+	if e.cfg.Namespace != "" {
+		var err error
+		if ns, err = netns.GetFromName(e.cfg.Namespace); err != nil {
+			return fmt.Errorf("open netns %s: %w", e.cfg.Namespace, err)
+		}
+		defer ns.Close()
+	}
+	if err := vnl.LinkSubscribeWithOptions(ch, done, vnl.LinkSubscribeOptions{Namespace: &ns}); err != nil {
+		return fmt.Errorf("subscribe to link updates: %w", err)
+	}
+	up := map[int]bool{}
+	queues := map[int]int{}
+	e.mu.Lock()
+	for ifindex, ports := range e.ports {
+		up[ifindex] = true
+		queues[ifindex] = served(ports)
+	}
+	e.mu.Unlock()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u, ok := <-ch:
+			if !ok {
+				return errors.New("link updates closed")
+			}
+			ifindex := int(u.Index)
+			if _, ours := queues[ifindex]; !ours {
+				continue
+			}
+			isUp := u.Attrs().OperState == vnl.OperUp || u.Attrs().OperState == vnl.OperUnknown
+			rebuild := isUp && !up[ifindex]
+			up[ifindex] = isUp
+			if isUp {
+				if n, err := QueueCount(e.cfg.Namespace, ifindex); err == nil && min(n, len(e.workers)) != queues[ifindex] {
+					rebuild = true
+				}
+			}
+			if !rebuild {
+				continue
+			}
+			if err := e.Rebuild(ifindex); err != nil {
+				slog.Error("rebuild afxdp sockets", "ifindex", ifindex, "err", err)
+				continue
+			}
+			e.mu.Lock()
+			queues[ifindex] = served(e.ports[ifindex])
+			e.mu.Unlock()
+		}
+	}
+}

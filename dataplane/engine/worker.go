@@ -1,0 +1,343 @@
+package engine
+
+import (
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xdprouter/xdprouter/dataplane/fib"
+	"github.com/xdprouter/xdprouter/dataplane/packet"
+	"github.com/xdprouter/xdprouter/dataplane/xsk"
+)
+
+// Reason is why a worker dropped a frame. The XDP program only steers
+// forwardable frames to the workers, so drops are races (a route or
+// neighbour changed between the program's lookup and the worker's) or
+// back-pressure; a frame is never sent with a stale or wrong header.
+type Reason int
+
+// Drop reasons.
+const (
+	DropMalformed Reason = iota // fails the header checks
+	DropTTL                     // TTL or hop limit <= 1
+	DropNoRoute                 // no nexthop or ECMP route any more
+	DropNeighbour               // nexthop missing or not resolved
+	DropMTU                     // larger than the egress MTU
+	DropNoEgress                // no socket of this worker on the egress interface
+	DropTxFull                  // no free send frame or tx ring slot
+	numReasons
+)
+
+// ReasonNames name the drop reasons for metrics and --json.
+var ReasonNames = [numReasons]string{"malformed", "ttl", "no_route", "neighbour", "mtu", "no_egress", "tx_full"}
+
+func (r Reason) String() string { return ReasonNames[r] }
+
+// port is one socket a worker owns: queue q of one interface.
+type port struct {
+	s       *xsk.Socket
+	ifindex int
+	queue   int
+	pending []xsk.Desc    // frames to send this round
+	free    int           // send frames still available this round
+	rx, tx  atomic.Uint64 // received; sent (completed)
+	rxBytes atomic.Uint64
+}
+
+// counters are a worker's running totals: written by the worker once per
+// round, read by anyone.
+type counters struct {
+	rx, rxBytes, forwarded, forwardedBytes atomic.Uint64
+	drops                                  [numReasons]atomic.Uint64
+	kicks, kickErrors, sleeps, rounds      atomic.Uint64
+	workNs, kickNs                         atomic.Uint64
+}
+
+// worker serves queue q of every interface on one CPU.
+type worker struct {
+	e     *Engine
+	q     int
+	cpu   int
+	tid   atomic.Int64
+	ports []*port
+	cmd   chan func(*worker)
+	stop  atomic.Bool
+	done  chan struct{}
+	r     *fib.Reader
+	batch int
+	spin  time.Duration
+	c     counters
+
+	// per-round scratch, reused: never allocated on the hot path
+	a4   []uint32
+	i4   []int32
+	r4   []fib.Result
+	a6   [][16]byte
+	i6   []int32
+	r6   []fib.Result
+	res  []fib.Result
+	ok   []bool
+	drop [numReasons]uint64
+	pfds []unix.PollFd
+}
+
+func newWorker(e *Engine, q, cpu int) *worker {
+	b := e.cfg.Batch
+	return &worker{e: e, q: q, cpu: cpu, cmd: make(chan func(*worker)), done: make(chan struct{}),
+		r: e.cfg.Table.NewReader(), batch: b, spin: e.cfg.Spin,
+		a4: make([]uint32, b), i4: make([]int32, b), r4: make([]fib.Result, b),
+		a6: make([][16]byte, b), i6: make([]int32, b), r6: make([]fib.Result, b),
+		res: make([]fib.Result, b), ok: make([]bool, b)}
+}
+
+// run is the worker's goroutine: locked to its thread, the thread pinned
+// to the worker's CPU.
+func (w *worker) run(started chan<- error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(w.done)
+	defer w.r.Close()
+	w.tid.Store(int64(unix.Gettid()))
+	if w.cpu >= 0 {
+		var set unix.CPUSet
+		set.Set(w.cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			started <- err
+			return
+		}
+	}
+	started <- nil
+	idleSince := time.Time{}
+	for !w.stop.Load() {
+		select {
+		case f := <-w.cmd:
+			f(w)
+			continue
+		default:
+		}
+		if w.round() > 0 {
+			idleSince = time.Time{}
+			continue
+		}
+		if w.spin < 0 {
+			continue
+		}
+		now := time.Now()
+		if idleSince.IsZero() {
+			idleSince = now
+		} else if now.Sub(idleSince) >= w.spin {
+			w.sleep()
+		}
+	}
+	w.drain()
+}
+
+// round receives a batch from each socket, forwards it, sends and reaps;
+// it returns the number of frames received.
+func (w *worker) round() int {
+	start := time.Now()
+	got := 0
+	for _, p := range w.ports {
+		got += w.receive(p)
+	}
+	if got == 0 {
+		// Completions still come in after the last frame.
+		for _, p := range w.ports {
+			if n := p.s.Reap(); n > 0 {
+				p.tx.Add(uint64(n))
+			}
+		}
+		return 0
+	}
+	work := time.Since(start)
+	kstart := time.Now()
+	var kicks, kerr uint64
+	for _, p := range w.ports {
+		if len(p.pending) > 0 {
+			k, err := p.s.Send(p.pending)
+			kicks += uint64(k)
+			if err != nil {
+				kerr++
+			}
+			p.pending = p.pending[:0]
+		}
+	}
+	for _, p := range w.ports {
+		if n := p.s.Reap(); n > 0 {
+			p.tx.Add(uint64(n))
+		}
+	}
+	w.c.kickNs.Add(uint64(time.Since(kstart)))
+	w.c.workNs.Add(uint64(work))
+	w.c.kicks.Add(kicks)
+	if kerr > 0 {
+		w.c.kickErrors.Add(kerr)
+	}
+	w.c.rounds.Add(1)
+	for i, n := range w.drop {
+		if n > 0 {
+			w.c.drops[i].Add(n)
+			w.drop[i] = 0
+		}
+	}
+	return got
+}
+
+// receive forwards one batch from p; frames are copied to the egress
+// socket's send frames and p's frames go back to its fill ring.
+func (w *worker) receive(p *port) int {
+	descs := p.s.Receive(w.batch)
+	n := len(descs)
+	if n == 0 {
+		return 0
+	}
+	var bytes uint64
+	n4, n6 := 0, 0
+	for i := range descs {
+		f := p.s.GetFrame(descs[i])
+		bytes += uint64(len(f))
+		fam, a4, err := packet.Dst(f, &w.a6[n6])
+		w.ok[i] = err == nil
+		switch {
+		case err != nil:
+			w.drop[DropMalformed]++
+		case fam == 4:
+			w.a4[n4], w.i4[n4] = a4, int32(i)
+			n4++
+		default:
+			w.i6[n6] = int32(i)
+			n6++
+		}
+	}
+	p.rx.Add(uint64(n))
+	p.rxBytes.Add(bytes)
+	w.c.rx.Add(uint64(n))
+	w.c.rxBytes.Add(bytes)
+	if n4 > 0 {
+		w.r.LookupBatch4(w.a4[:n4], w.r4[:n4])
+		for j := range n4 {
+			w.res[w.i4[j]] = w.r4[j]
+		}
+	}
+	if n6 > 0 {
+		w.r.LookupBatch6(w.a6[:n6], w.r6[:n6])
+		for j := range n6 {
+			w.res[w.i6[j]] = w.r6[j]
+		}
+	}
+	for _, eg := range w.ports {
+		eg.free = eg.s.TxFree() - len(eg.pending)
+	}
+	var fwd, fwdBytes uint64
+	// A second read section: the results name nexthops by ID, and an ID
+	// removed in between reads as missing (dropped, never misrouted).
+	w.r.Begin()
+	for i := range descs {
+		if !w.ok[i] {
+			continue
+		}
+		f := p.s.GetFrame(descs[i])
+		if r := w.forward(f, w.res[i]); r >= 0 {
+			w.drop[r]++
+			continue
+		}
+		fwd++
+		fwdBytes += uint64(len(f))
+	}
+	w.r.End()
+	p.s.Recycle(descs)
+	w.c.forwarded.Add(fwd)
+	w.c.forwardedBytes.Add(fwdBytes)
+	return n
+}
+
+// forward rewrites f for its route and queues a copy on the egress
+// socket; it returns the drop reason, or -1 when the frame was queued.
+func (w *worker) forward(f []byte, res fib.Result) Reason {
+	id := res.Index()
+	switch res.Type() {
+	case fib.RouteNexthop:
+	case fib.RouteECMP:
+		m, ok := w.r.ECMPMember(id, packet.FlowHash(f))
+		if !ok {
+			return DropNeighbour
+		}
+		id = m
+	default:
+		return DropNoRoute
+	}
+	nh, ok := w.r.Nexthop(id)
+	if !ok || nh.State != fib.Resolved {
+		return DropNeighbour
+	}
+	if nh.MTU != 0 && packet.L3Len(f) > int(nh.MTU) {
+		return DropMTU
+	}
+	var eg *port
+	for _, p := range w.ports {
+		if p.ifindex == int(nh.Ifindex) {
+			eg = p
+			break
+		}
+	}
+	if eg == nil {
+		return DropNoEgress
+	}
+	if eg.free <= 0 {
+		return DropTxFull
+	}
+	if err := packet.Forward(f, &nh.DstMAC, &nh.SrcMAC); err != nil {
+		if err == packet.ErrTTL {
+			return DropTTL
+		}
+		return DropMalformed
+	}
+	addr, buf := eg.s.TxFrame()
+	copy(buf, f)
+	eg.pending = append(eg.pending, xsk.Desc{Addr: addr, Len: uint32(len(f))})
+	eg.free--
+	return -1
+}
+
+// sleep waits in poll(2) for frames on any socket (bounded, so commands
+// and stop are seen).
+func (w *worker) sleep() {
+	w.pfds = w.pfds[:0]
+	for _, p := range w.ports {
+		w.pfds = append(w.pfds, unix.PollFd{Fd: int32(p.s.FD()), Events: unix.POLLIN})
+	}
+	w.c.sleeps.Add(1)
+	if len(w.pfds) == 0 {
+		time.Sleep(pollTimeout)
+		return
+	}
+	_, _ = unix.Poll(w.pfds, int(pollTimeout/time.Millisecond))
+}
+
+// pollTimeout bounds a sleeping worker's wait, so it sees commands and
+// stop within it.
+const pollTimeout = 20 * time.Millisecond
+
+// drain forwards what is left on the rx rings and waits for the send
+// frames to complete (bounded).
+func (w *worker) drain() {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		got := w.round()
+		inflight := 0
+		for _, p := range w.ports {
+			inflight += p.s.Frames().TxInFlight
+			if inflight > 0 && p.s.NumFreeTxSlots() < p.s.Options().RingSize {
+				_ = p.s.Kick()
+			}
+		}
+		if got == 0 && inflight == 0 {
+			return
+		}
+		if got == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
