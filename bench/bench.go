@@ -17,6 +17,7 @@ import (
 	"github.com/xdprouter/xdprouter/bench/cpustat"
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
+	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
 	"github.com/xdprouter/xdprouter/lab"
 )
@@ -32,6 +33,9 @@ type Scenario struct {
 	// xdp, when set, attaches xdprouter's program with this FIB source to
 	// the router's eth1 and eth2 (engine xdp).
 	xdp *xdp.Source
+	// afxdp attaches xdprouter's program with engine afxdp and runs the
+	// AF_XDP workers (one per queue, worker q on CPU q).
+	afxdp bool
 }
 
 func source(s xdp.Source) *xdp.Source { return &s }
@@ -48,6 +52,8 @@ var Scenarios = []Scenario{
 		Description: "XDP forwarding with xdprouter's FIB (engine xdp)"},
 	{Name: "xdp-static", xdp: source(xdp.SourceStatic),
 		Description: "XDP forwarding with no lookup, every frame to one hop: the ceiling"},
+	{Name: "afxdp", afxdp: true,
+		Description: "xdprouter's AF_XDP engine: the program steers to a socket per queue, worker q (CPU q) forwards in Go"},
 }
 
 // ScenarioByName finds a scenario.
@@ -130,6 +136,33 @@ type Trial struct {
 	Mbps     float64         `json:"mbps"`
 	LossPct  float64         `json:"loss_pct"`
 	CPU      []cpustat.Share `json:"cpu"`
+	// Workers are the AF_XDP workers' figures (scenario afxdp).
+	Workers []WorkerTrial `json:"workers,omitempty"`
+}
+
+// WorkerTrial is one AF_XDP worker in one trial.
+type WorkerTrial struct {
+	Queue     int    `json:"queue"`
+	CPU       int    `json:"cpu"`
+	Received  uint64 `json:"received"`
+	Forwarded uint64 `json:"forwarded"`
+	Dropped   uint64 `json:"dropped"`
+	// WorkNs is ns per received frame spent receiving, looking up,
+	// rewriting and copying; KickNs in sendto (the kernel's copy into an
+	// skb and transmit) and reaping.
+	WorkNs float64 `json:"work_ns_per_pkt"`
+	KickNs float64 `json:"kick_ns_per_pkt"`
+	// CPUPct is the worker thread's CPU use (user + system) over the trial.
+	CPUPct float64 `json:"cpu_pct"`
+	// UserNs and SysNs are the thread's user and system CPU time per
+	// received frame: user is the worker's own code, system the kernel's
+	// copy into an skb and transmit in sendto.
+	UserNs float64 `json:"user_ns_per_pkt"`
+	SysNs  float64 `json:"sys_ns_per_pkt"`
+	// RingFull and FillEmpty are the kernel's drops on the socket (worker
+	// too slow; no free frame to receive into).
+	RingFull  uint64 `json:"rx_ring_full"`
+	FillEmpty uint64 `json:"rx_fill_ring_empty"`
 }
 
 // Result is one scenario's trials and their summary.
@@ -144,6 +177,8 @@ type Result struct {
 	MedianLoss  float64 `json:"median_loss_pct"`
 	// CPU is the trial with the median rate's per-CPU shares.
 	CPU []cpustat.Share `json:"cpu"`
+	// Workers are the median trial's AF_XDP workers (scenario afxdp).
+	Workers []WorkerTrial `json:"workers,omitempty"`
 }
 
 // Report is a whole run.
@@ -264,11 +299,27 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 	}
 	defer sk.Close()
 	if s.xdp != nil {
-		prog, err := rt.attach(*s.xdp)
+		prog, err := rt.attach(*s.xdp, xdp.EngineXDP)
 		if err != nil {
 			return Trial{}, err
 		}
 		defer prog.Close()
+	}
+	var eng *engine.Engine
+	if s.afxdp {
+		prog, err := rt.attach(xdp.SourceFIB, xdp.EngineAFXDP)
+		if err != nil {
+			return Trial{}, err
+		}
+		defer prog.Close()
+		if eng, err = rt.startEngine(prog); err != nil {
+			return Trial{}, err
+		}
+		defer eng.Stop()
+	}
+	var w0 []engine.WorkerStats
+	if eng != nil {
+		w0 = eng.Stats()
 	}
 	before, err := sk.Counters()
 	if err != nil {
@@ -293,6 +344,9 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 	}
 	t := trial(sent, before, after)
 	t.CPU = cpustat.Shares(cpu0, cpu1)
+	if eng != nil {
+		t.Workers = workerTrials(w0, eng.Stats(), sent.Elapsed)
+	}
 	return t, nil
 }
 
@@ -304,6 +358,33 @@ func trial(sent gen.Result, before, after sink.Counters) Trial {
 		t.LossPct = 100 * float64(sent.Sent-recv) / float64(sent.Sent)
 	}
 	return t
+}
+
+func workerTrials(a, b []engine.WorkerStats, dt time.Duration) []WorkerTrial {
+	var out []WorkerTrial
+	for i := range b {
+		x, y := a[i], b[i]
+		rx := y.RxPackets - x.RxPackets
+		wt := WorkerTrial{Queue: y.Queue, CPU: y.CPU, Received: rx, Forwarded: y.Forwarded - x.Forwarded,
+			Dropped: y.Dropped() - x.Dropped()}
+		if rx > 0 {
+			wt.WorkNs = float64(y.WorkNs-x.WorkNs) / float64(rx)
+			wt.KickNs = float64(y.KickNs-x.KickNs) / float64(rx)
+			wt.UserNs = float64(y.UserTime-x.UserTime) / float64(rx)
+			wt.SysNs = float64(y.SystemTime-x.SystemTime) / float64(rx)
+		}
+		if dt > 0 {
+			wt.CPUPct = 100 * float64(y.UserTime+y.SystemTime-x.UserTime-x.SystemTime) / float64(dt)
+		}
+		for j := range y.Sockets {
+			if j < len(x.Sockets) {
+				wt.RingFull += y.Sockets[j].Kernel.Rx_ring_full - x.Sockets[j].Kernel.Rx_ring_full
+				wt.FillEmpty += y.Sockets[j].Kernel.Rx_fill_ring_empty_descs - x.Sockets[j].Kernel.Rx_fill_ring_empty_descs
+			}
+		}
+		out = append(out, wt)
+	}
+	return out
 }
 
 func summarise(r *Result) {
@@ -324,7 +405,7 @@ func summarise(r *Result) {
 		return 0
 	})
 	med := r.Trials[idx[len(idx)/2]]
-	r.MedianPPS, r.MedianMbps, r.CPU = med.PPS, med.Mbps, med.CPU
+	r.MedianPPS, r.MedianMbps, r.CPU, r.Workers = med.PPS, med.Mbps, med.CPU, med.Workers
 	r.MinPPS, r.MaxPPS = r.Trials[idx[0]].PPS, r.Trials[idx[len(idx)-1]].PPS
 	losses := make([]float64, len(r.Trials))
 	for i, t := range r.Trials {
@@ -340,8 +421,12 @@ func Layout(genCPUs []int, l *lab.Lab) string {
 	for i, c := range genCPUs {
 		links = append(links, fmt.Sprintf("cpu%d->%s", c, l.Ingress[i%len(l.Ingress)].A.Name))
 	}
-	return fmt.Sprintf("generator: one thread per CPU (%s); router and sink: NAPI on the sending CPU (veth, no threaded NAPI); %d queues per veth",
-		strings.Join(links, ", "), l.Queues)
+	var workers []string
+	for q := range l.Queues {
+		workers = append(workers, fmt.Sprintf("q%d->cpu%d", q, q%runtime.NumCPU()))
+	}
+	return fmt.Sprintf("generator: one thread per CPU (%s); router and sink: NAPI on the sending CPU (veth, no threaded NAPI); %d queues per veth; afxdp workers %s, sharing those CPUs with the generator",
+		strings.Join(links, ", "), l.Queues, strings.Join(workers, ", "))
 }
 
 func kernelRelease() string {

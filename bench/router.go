@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 	"github.com/xdprouter/xdprouter/dataplane/fib/tablegen"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
@@ -126,8 +128,8 @@ func (r *router) installKernel(ctx context.Context, ps []netip.Prefix) error {
 }
 
 // attach loads xdprouter's program with a FIB source and attaches it to
-// the router's eth1 and eth2 with the xdp engine.
-func (r *router) attach(src xdp.Source) (*xdp.Program, error) {
+// the router's eth1 and eth2 with an engine.
+func (r *router) attach(src xdp.Source, e xdp.Engine) (*xdp.Program, error) {
 	eg := r.l.Egress
 	prog, err := xdp.Load(r.table, xdp.Options{Source: src,
 		Static: xdp.StaticHop{Ifindex: eg.A.Index, SrcMAC: eg.A.MAC, DstMAC: eg.B.MAC}})
@@ -136,7 +138,7 @@ func (r *router) attach(src xdp.Source) (*xdp.Program, error) {
 	}
 	err = lab.InNamespace(r.l.RouterNS, func() error {
 		for _, lk := range r.l.Ingress {
-			if err := prog.Attach(lk.B.Index, xdp.EngineXDP, xdp.AttachOptions{}); err != nil {
+			if err := prog.Attach(lk.B.Index, e, xdp.AttachOptions{}); err != nil {
 				return err
 			}
 		}
@@ -156,6 +158,18 @@ func (r *router) attach(src xdp.Source) (*xdp.Program, error) {
 		return nil, err
 	}
 	return prog, nil
+}
+
+// startEngine runs the AF_XDP workers for a program attached with engine
+// afxdp: one per queue, worker q on CPU q.
+func (r *router) startEngine(prog *xdp.Program) (*engine.Engine, error) {
+	var cpus []int
+	for q := range r.l.Queues {
+		cpus = append(cpus, q%runtime.NumCPU())
+	}
+	return engine.Start(engine.Config{Namespace: r.l.RouterNS, Program: prog, Table: r.table,
+		Interfaces: []int{r.l.Ingress[0].B.Index, r.l.Ingress[1].B.Index, r.l.Egress.A.Index},
+		Queues:     r.l.Queues, CPUs: cpus})
 }
 
 func (r *router) close() {

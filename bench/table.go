@@ -64,7 +64,16 @@ func WriteTable(w io.Writer, r *Report) error {
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, res := range r.Results {
+		for _, wk := range res.Workers {
+			fmt.Fprintf(w, "# %s worker q%d on cpu%d (median trial): received %d, forwarded %d, dropped %d; CPU per frame %.1f ns user (the worker) + %.1f ns system (sendto: the kernel's copy and transmit); wall per frame %.1f ns working + %.1f ns in sendto; thread CPU %.0f%%; kernel rx_ring_full %d, fill_ring_empty %d\n",
+				res.Scenario, wk.Queue, wk.CPU, wk.Received, wk.Forwarded, wk.Dropped, wk.UserNs, wk.SysNs, wk.WorkNs, wk.KickNs, wk.CPUPct, wk.RingFull, wk.FillEmpty)
+		}
+	}
+	return nil
 }
 
 func firstName(r *Report) string {

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -65,6 +67,7 @@ func (b *benchFlags) options() (bench.Options, error) {
 func newRunCmd() *cobra.Command {
 	var bf benchFlags
 	var asJSON bool
+	var profile string
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run forwarding benchmarks and print the table",
@@ -78,6 +81,11 @@ scenario. Scenarios:
               xdp-forward): the peer xdprouter's FIB must beat
   xdp         XDP forwarding with xdprouter's FIB (engine xdp)
   xdp-static  XDP forwarding with no lookup, every frame to one hop: the ceiling
+  afxdp       xdprouter's AF_XDP engine: the program steers every forwardable
+              frame to the socket of its queue, worker q (pinned to CPU q)
+              forwards it in Go; a "# afxdp worker" line per worker gives its
+              CPU per frame (user: the worker; system: sendto, the kernel's
+              copy and transmit), CPU use and the kernel's socket drops
 
 Columns: Mpps is the median over trials of frames received per second (at
 the sink) over the generator's sending time; [min - max] the spread over
@@ -100,6 +108,17 @@ every prefix via the lab's gateway, plus default routes.`,
 			if err := lab.RequireRoot(); err != nil {
 				return err
 			}
+			if profile != "" {
+				f, err := os.Create(profile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			rep, err := bench.Run(cmd.Context(), o, func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), s) })
 			if err != nil {
 				return err
@@ -112,5 +131,6 @@ every prefix via the lab's gateway, plus default routes.`,
 	}
 	bf.register(cmd, 3*time.Second)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringVar(&profile, "cpuprofile", "", "write a Go CPU profile of the whole run (AF_XDP workers included) to this file, for go tool pprof")
 	return cmd
 }

@@ -100,7 +100,7 @@ func (c Config) Validate() error {
 // a worker serves it.
 func Start(cfg Config) (*Engine, error) {
 	if cfg.Batch == 0 {
-		cfg.Batch = 64
+		cfg.Batch = 256
 	}
 	if cfg.Spin == 0 {
 		cfg.Spin = 200 * time.Microsecond
@@ -217,6 +217,7 @@ func (e *Engine) publish(ifindex int) error {
 	}
 	for q, p := range ports {
 		if p != nil {
+			p.recv.Store(true)
 			if err := p.s.Register(e.cfg.Program.XSKMap(), slot*xdp.MaxQueues+uint32(q)); err != nil {
 				return err
 			}

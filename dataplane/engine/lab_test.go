@@ -33,7 +33,7 @@ type rig struct {
 // there reach sink0 (same link) but count as "foreign".
 var foreignMAC = net.HardwareAddr{0x02, 0xaa, 0, 0, 0, 2}
 
-func newRig(t *testing.T, queues int) *rig {
+func newRig(t testing.TB, queues int) *rig {
 	t.Helper()
 	testutil.Privileged(t)
 	name := testutil.LabName()

@@ -31,6 +31,7 @@ type WorkerStats struct {
 	Rounds uint64 `json:"rounds"`
 	// WorkNs is time spent receiving, looking up, rewriting and copying;
 	// KickNs time in sendto (the kernel's copy and transmit) and reaping.
+	// Both are estimates: one round in 16 is timed.
 	WorkNs uint64 `json:"work_ns"`
 	KickNs uint64 `json:"kick_ns"`
 	// CPUTime is the worker thread's user and system CPU time.
