@@ -40,7 +40,7 @@ type port struct {
 	s       *xsk.Socket
 	ifindex int
 	queue   int
-	recv    atomic.Bool // registered in the XSKMAP: frames arrive here
+	recv    atomic.Bool   // registered in the XSKMAP: frames arrive here
 	pending []xsk.Desc    // frames to send this round
 	free    int           // send frames still available this round
 	rx, tx  atomic.Uint64 // received; sent (completed)
