@@ -168,8 +168,8 @@ func (r *router) startEngine(prog *xdp.Program) (*engine.Engine, error) {
 		cpus = append(cpus, q%runtime.NumCPU())
 	}
 	return engine.Start(engine.Config{Namespace: r.l.RouterNS, Program: prog, Table: r.table,
-		Interfaces: []int{r.l.Ingress[0].B.Index, r.l.Ingress[1].B.Index, r.l.Egress.A.Index},
-		Queues:     r.l.Queues, CPUs: cpus})
+		Interfaces: []int{r.l.Ingress[0].B.Index, r.l.Ingress[1].B.Index}, Egress: []int{r.l.Egress.A.Index},
+		Queues: r.l.Queues, CPUs: cpus})
 }
 
 func (r *router) close() {

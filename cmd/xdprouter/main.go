@@ -56,7 +56,7 @@ mirrored from the kernel's routing table over netlink, so FRR, BIRD or
 			return rlimit.RemoveMemlock()
 		},
 	}
-	root.AddCommand(newRoutesCmd(), newAffinityCmd(), newCheckCmd())
+	root.AddCommand(newRunCmd(), newStatusCmd(), newStatsCmd(), newRoutesCmd(), newAffinityCmd(), newCheckCmd())
 	return root
 }
 

@@ -17,7 +17,8 @@ func BenchmarkWorker(b *testing.B) {
 	for _, fam := range []int{4, 6} {
 		b.Run(map[int]string{4: "ipv4", 6: "ipv6"}[fam], func(b *testing.B) {
 			r := newRig(b, 1)
-			e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb, Batch: 256},
+			e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
+				Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 256},
 				ports: map[int][]*port{}}
 			w := newWorker(e, 0, -1)
 			e.workers = []*worker{w}

@@ -37,10 +37,12 @@ type Config struct {
 	Program *xdp.Program
 	// Table is the FIB the workers look up (the program's).
 	Table *fib.Table
-	// Interfaces are the ifindexes the workers serve: each gets a socket
-	// per queue (up to Queues); those attached with engine afxdp receive,
-	// all of them can be egresses.
+	// Interfaces are the ifindexes the workers receive on (attached with
+	// engine afxdp) and send on: each gets a socket per queue (up to
+	// Queues), registered in the program's XSKMAP.
 	Interfaces []int
+	// Egress are interfaces the workers only send on (other engines).
+	Egress []int
 	// Queues is the number of workers, serving queues 0..Queues-1
 	// (default: the fewest queues of the interfaces).
 	Queues int
@@ -75,7 +77,7 @@ func (c Config) Validate() error {
 	if c.Table == nil {
 		errs = append(errs, errors.New("engine: no FIB table"))
 	}
-	if len(c.Interfaces) == 0 {
+	if len(c.Interfaces)+len(c.Egress) == 0 {
 		errs = append(errs, errors.New("engine: no interfaces"))
 	}
 	if c.Queues < 0 || c.Queues > xdp.MaxQueues {
@@ -128,7 +130,7 @@ func Start(cfg Config) (*Engine, error) {
 		}
 		e.workers = append(e.workers, newWorker(e, q, cpu))
 	}
-	for _, ifindex := range cfg.Interfaces {
+	for _, ifindex := range slices.Concat(cfg.Interfaces, cfg.Egress) {
 		if err := e.open(ifindex); err != nil {
 			e.closeAll()
 			return nil, err
@@ -142,7 +144,7 @@ func Start(cfg Config) (*Engine, error) {
 			return nil, fmt.Errorf("pin worker %d to CPU %d: %w", w.q, w.cpu, err)
 		}
 	}
-	for _, ifindex := range cfg.Interfaces {
+	for _, ifindex := range slices.Concat(cfg.Interfaces, cfg.Egress) {
 		if err := e.publish(ifindex); err != nil {
 			_ = e.Stop()
 			return nil, err
@@ -212,7 +214,7 @@ func (e *Engine) publish(ifindex int) error {
 		}
 	}
 	slot, ok := e.cfg.Program.Slot(ifindex)
-	if !ok {
+	if !ok || !slices.Contains(e.cfg.Interfaces, ifindex) {
 		return nil // egress only
 	}
 	for q, p := range ports {

@@ -97,8 +97,8 @@ func (r *rig) start(t *testing.T) {
 	}
 	var err error
 	r.eng, err = Start(Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
-		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index, r.lab.Egress.A.Index},
-		Queues:     r.lab.Queues, CPUs: cpus})
+		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Egress: []int{r.lab.Egress.A.Index},
+		Queues: r.lab.Queues, CPUs: cpus})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +358,8 @@ func TestFlap(t *testing.T) {
 // copies and sends real frames allocates nothing.
 func TestRoundAllocs(t *testing.T) {
 	r := newRig(t, 1)
-	e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb, Batch: 64, Spin: time.Millisecond},
+	e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
+		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 64, Spin: time.Millisecond},
 		ports: map[int][]*port{}}
 	w := newWorker(e, 0, -1) // not started: this goroutine drives it
 	e.workers = []*worker{w}

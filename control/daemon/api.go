@@ -1,0 +1,159 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/xdprouter/xdprouter/control/netlink"
+	"github.com/xdprouter/xdprouter/dataplane/engine"
+	"github.com/xdprouter/xdprouter/dataplane/fib"
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
+)
+
+// Status is what `xdprouter status` shows.
+type Status struct {
+	Started    time.Time         `json:"started"`
+	Uptime     string            `json:"uptime"`
+	Namespace  string            `json:"namespace,omitempty"`
+	Table      int               `json:"table"`
+	Interfaces []InterfaceStatus `json:"interfaces"`
+	Workers    int               `json:"afxdp_workers"`
+	WarmStart  bool              `json:"warm_start"` // FIB reused from bpffs pins
+	FIB        fib.Stats         `json:"fib"`
+	Mirror     netlink.Stats     `json:"mirror"`
+}
+
+// InterfaceStatus is one port.
+type InterfaceStatus struct {
+	Name    string `json:"name"`
+	Ifindex int    `json:"ifindex"`
+	Engine  string `json:"engine"`
+}
+
+// Stats is one reading of every counter: what `xdprouter stats` turns
+// into rates and /metrics exports.
+type Stats struct {
+	At         time.Time                    `json:"at"`
+	Interfaces map[string]map[string]uint64 `json:"interfaces"` // name -> XDP counter -> value
+	Workers    []engine.WorkerStats         `json:"workers"`
+	Mirror     netlink.Stats                `json:"mirror"`
+}
+
+// Status returns the daemon's state.
+func (d *Daemon) Status() Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := Status{Started: d.started, Uptime: time.Since(d.started).Round(time.Second).String(),
+		Namespace: d.cfg.Namespace, Table: d.cfg.Table, WarmStart: d.warm}
+	for _, ifc := range d.cfg.Interfaces {
+		s.Interfaces = append(s.Interfaces, InterfaceStatus{Name: ifc.Name, Ifindex: d.ifindex[ifc.Name], Engine: ifc.Engine})
+	}
+	if d.eng != nil {
+		s.Workers = d.eng.Workers()
+	}
+	if d.table != nil {
+		s.FIB = d.table.Stats()
+	}
+	if d.mirror != nil {
+		s.Mirror = d.mirror.Stats()
+	}
+	return s
+}
+
+// Stats reads every counter.
+func (d *Daemon) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := Stats{At: time.Now(), Interfaces: map[string]map[string]uint64{}}
+	for _, ifc := range d.cfg.Interfaces {
+		c, err := d.prog.Counters(d.ifindex[ifc.Name])
+		if err != nil {
+			continue
+		}
+		m := map[string]uint64{}
+		for i, v := range c {
+			m[xdp.CounterNames[i]] = v
+		}
+		s.Interfaces[ifc.Name] = m
+	}
+	if d.eng != nil {
+		s.Workers = d.eng.Stats()
+	}
+	if d.mirror != nil {
+		s.Mirror = d.mirror.Stats()
+	}
+	return s
+}
+
+func (d *Daemon) handler() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, d.Status()) })
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, d.Stats()) })
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		WriteMetrics(w, d.Stats(), d.Status())
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// WriteMetrics writes the Prometheus text exposition of a reading.
+func WriteMetrics(w io.Writer, s Stats, st Status) {
+	fmt.Fprintln(w, "# HELP xdprouter_xdp_packets_total XDP program counters per interface and counter (rx, forwarded, to_afxdp, pass_* reasons, drop_* reasons).")
+	fmt.Fprintln(w, "# TYPE xdprouter_xdp_packets_total counter")
+	names := make([]string, 0, len(s.Interfaces))
+	for n := range s.Interfaces {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		for _, c := range xdp.CounterNames {
+			fmt.Fprintf(w, "xdprouter_xdp_packets_total{interface=%q,counter=%q} %d\n", n, c, s.Interfaces[n][c])
+		}
+	}
+	fmt.Fprintln(w, "# HELP xdprouter_worker_packets_total AF_XDP worker counters per queue.")
+	fmt.Fprintln(w, "# TYPE xdprouter_worker_packets_total counter")
+	for _, wk := range s.Workers {
+		for k, v := range map[string]uint64{"rx": wk.RxPackets, "forwarded": wk.Forwarded} {
+			fmt.Fprintf(w, "xdprouter_worker_packets_total{queue=\"%d\",cpu=\"%d\",counter=%q} %d\n", wk.Queue, wk.CPU, k, v)
+		}
+		reasons := make([]string, 0, len(wk.Drops))
+		for r := range wk.Drops {
+			reasons = append(reasons, r)
+		}
+		sort.Strings(reasons)
+		for _, r := range reasons {
+			fmt.Fprintf(w, "xdprouter_worker_drops_total{queue=\"%d\",reason=%q} %d\n", wk.Queue, r, wk.Drops[r])
+		}
+		fmt.Fprintf(w, "xdprouter_worker_cpu_seconds_total{queue=\"%d\",mode=\"user\"} %g\n", wk.Queue, wk.UserTime.Seconds())
+		fmt.Fprintf(w, "xdprouter_worker_cpu_seconds_total{queue=\"%d\",mode=\"system\"} %g\n", wk.Queue, wk.SystemTime.Seconds())
+		for _, so := range wk.Sockets {
+			l := fmt.Sprintf("ifindex=\"%d\",queue=\"%d\"", so.Ifindex, so.Queue)
+			fmt.Fprintf(w, "xdprouter_xsk_packets_total{%s,dir=\"rx\"} %d\n", l, so.RxPackets)
+			fmt.Fprintf(w, "xdprouter_xsk_packets_total{%s,dir=\"tx\"} %d\n", l, so.TxPackets)
+			fmt.Fprintf(w, "xdprouter_xsk_kernel_drops_total{%s,reason=\"rx_ring_full\"} %d\n", l, so.Kernel.Rx_ring_full)
+			fmt.Fprintf(w, "xdprouter_xsk_kernel_drops_total{%s,reason=\"rx_fill_ring_empty\"} %d\n", l, so.Kernel.Rx_fill_ring_empty_descs)
+			fmt.Fprintf(w, "xdprouter_xsk_kernel_drops_total{%s,reason=\"rx_dropped\"} %d\n", l, so.Kernel.Rx_dropped)
+		}
+	}
+	m := s.Mirror
+	fmt.Fprintln(w, "# HELP xdprouter_mirror Netlink mirror: routes, nexthops, events, resyncs, errors.")
+	for _, kv := range []struct {
+		k string
+		v uint64
+	}{{"routes", uint64(m.Routes)}, {"fib_entries", uint64(m.FIBEntries)}, {"nexthops", uint64(m.Nexthops)}, {"neighbours", uint64(m.Neighbours)},
+		{"events_total", m.Events}, {"resyncs_total", m.Resyncs}, {"errors_total", m.Errors}, {"route_writes_total", m.RoutesApplied}} {
+		fmt.Fprintf(w, "xdprouter_mirror_%s %d\n", kv.k, kv.v)
+	}
+	fmt.Fprintf(w, "xdprouter_up 1\nxdprouter_afxdp_workers %d\n", st.Workers)
+}

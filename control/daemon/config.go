@@ -1,0 +1,209 @@
+// Package daemon is the xdprouter daemon: it loads the router program,
+// fills the FIB from the kernel over netlink, runs the engines each
+// interface asks for, and serves status, statistics and Prometheus
+// metrics, in an order that never blackholes traffic.
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/dataplane/xsk"
+)
+
+// Config is the daemon's YAML configuration.
+type Config struct {
+	// Namespace is the named network namespace of the interfaces and
+	// routes ("" = the daemon's own, the usual case; the lab uses one).
+	Namespace string `yaml:"namespace"`
+	// Interfaces are the router's ports with their engine.
+	Interfaces []Interface `yaml:"interfaces"`
+	// Table is the kernel routing table mirrored into the FIB (default
+	// 254, main).
+	Table int `yaml:"table"`
+	// CPUs are the AF_XDP workers' CPUs: worker q on CPUs[q] (default:
+	// q mod the number of CPUs).
+	CPUs []int `yaml:"cpus"`
+	// Housekeeping CPUs run the control plane (netlink, metrics); they
+	// must not be worker CPUs.
+	Housekeeping []int `yaml:"housekeeping_cpus"`
+	// Queues is the number of AF_XDP workers (default: the fewest queues
+	// of the afxdp interfaces).
+	Queues int `yaml:"queues"`
+	// Socket sizes the AF_XDP sockets.
+	Socket SocketConfig `yaml:"socket"`
+	// Spin is how long an idle worker busy-polls before sleeping
+	// (default 200µs; "-1ns": never sleep).
+	Spin time.Duration `yaml:"spin"`
+	// Metrics is the Prometheus listen address (default 127.0.0.1:9470;
+	// "off" to disable).
+	Metrics string `yaml:"metrics"`
+	// Control is the operator socket (default /run/xdprouter/xdprouter.sock).
+	Control string `yaml:"control_socket"`
+	// PinPath keeps the FIB and the program's maps on bpffs, so a
+	// restarted daemon forwards at once with the table it had (default
+	// none).
+	PinPath string `yaml:"pin_path"`
+	// FIB sizes the table (0: defaults fit a full Internet table).
+	FIB FIBConfig `yaml:"fib"`
+}
+
+// Interface is one router port.
+type Interface struct {
+	Name   string `yaml:"name"`
+	Engine string `yaml:"engine"` // xdp, afxdp or pass
+	// Generic attaches XDP in generic (SKB) mode, for drivers without
+	// native XDP.
+	Generic bool `yaml:"generic"`
+}
+
+// SocketConfig sizes the AF_XDP sockets (zero: defaults).
+type SocketConfig struct {
+	Frames    int  `yaml:"frames"`
+	FrameSize int  `yaml:"frame_size"`
+	RingSize  int  `yaml:"ring_size"`
+	Copy      bool `yaml:"copy"`
+}
+
+// FIBConfig sizes the FIB (zero: defaults).
+type FIBConfig struct {
+	Groups4  int `yaml:"groups4"`
+	Groups6  int `yaml:"groups6"`
+	Nexthops int `yaml:"nexthops"`
+}
+
+// Defaults for the daemon's endpoints.
+const (
+	DefaultMetrics = "127.0.0.1:9470"
+	DefaultControl = "/run/xdprouter/xdprouter.sock"
+)
+
+// LoadConfig reads, decodes (unknown fields are errors) and validates a
+// YAML file.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(b)
+}
+
+// ParseConfig decodes and validates YAML.
+func ParseConfig(b []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	c = c.withDefaults()
+	return c, c.Validate()
+}
+
+func (c Config) withDefaults() Config {
+	if c.Table == 0 {
+		c.Table = 254
+	}
+	if c.Metrics == "" {
+		c.Metrics = DefaultMetrics
+	}
+	if c.Control == "" {
+		c.Control = DefaultControl
+	}
+	for i := range c.Interfaces {
+		if c.Interfaces[i].Engine == "" {
+			c.Interfaces[i].Engine = "xdp"
+		}
+	}
+	return c
+}
+
+// Validate reports every problem of the config at once, each naming its
+// field.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+	}
+	if len(c.Interfaces) == 0 {
+		bad("interfaces", "none: list the router's ports")
+	}
+	seen := map[string]bool{}
+	for i, ifc := range c.Interfaces {
+		f := fmt.Sprintf("interfaces[%d]", i)
+		switch {
+		case ifc.Name == "":
+			bad(f+".name", "empty")
+		case len(ifc.Name) > 15:
+			bad(f+".name", "%q is longer than 15 characters", ifc.Name)
+		case seen[ifc.Name]:
+			bad(f+".name", "%q listed twice", ifc.Name)
+		}
+		seen[ifc.Name] = true
+		if _, err := xdp.ParseEngine(ifc.Engine); err != nil {
+			bad(f+".engine", "%q: use xdp, afxdp or pass", ifc.Engine)
+		}
+	}
+	if c.Table < 1 || c.Table > 0xffffffff {
+		bad("table", "%d: a kernel table ID (254 is main)", c.Table)
+	}
+	n := runtime.NumCPU()
+	for i, cpu := range c.CPUs {
+		if cpu < 0 || cpu >= n {
+			bad(fmt.Sprintf("cpus[%d]", i), "CPU %d: this machine has CPUs 0-%d", cpu, n-1)
+		}
+	}
+	for i, cpu := range c.Housekeeping {
+		if cpu < 0 || cpu >= n {
+			bad(fmt.Sprintf("housekeeping_cpus[%d]", i), "CPU %d: this machine has CPUs 0-%d", cpu, n-1)
+		} else if slices.Contains(c.CPUs, cpu) {
+			bad(fmt.Sprintf("housekeeping_cpus[%d]", i), "CPU %d is also a worker CPU", cpu)
+		}
+	}
+	if c.Queues < 0 || c.Queues > xdp.MaxQueues {
+		bad("queues", "%d: between 1 and %d (0: one per queue)", c.Queues, xdp.MaxQueues)
+	}
+	if err := c.socketOptions().Validate(); err != nil {
+		bad("socket", "%v", err)
+	}
+	if c.Metrics != "off" {
+		if _, _, err := net.SplitHostPort(c.Metrics); err != nil {
+			bad("metrics", "%q: host:port or off", c.Metrics)
+		}
+	}
+	if c.Control == "" || c.Control[0] != '/' {
+		bad("control_socket", "%q: an absolute path", c.Control)
+	}
+	if c.PinPath != "" && c.PinPath[0] != '/' {
+		bad("pin_path", "%q: an absolute path on bpffs", c.PinPath)
+	}
+	for name, v := range map[string]int{"fib.groups4": c.FIB.Groups4, "fib.groups6": c.FIB.Groups6, "fib.nexthops": c.FIB.Nexthops} {
+		if v < 0 {
+			bad(name, "%d: not negative", v)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) socketOptions() xsk.Options {
+	return xsk.Options{Frames: c.Socket.Frames, FrameSize: c.Socket.FrameSize, RingSize: c.Socket.RingSize, Copy: c.Socket.Copy}
+}
+
+// engines maps interface names to their engine.
+func (c Config) engines() map[string]xdp.Engine {
+	m := map[string]xdp.Engine{}
+	for _, ifc := range c.Interfaces {
+		e, _ := xdp.ParseEngine(ifc.Engine)
+		m[ifc.Name] = e
+	}
+	return m
+}

@@ -1,0 +1,349 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	vnl "github.com/vishvananda/netlink"
+
+	"github.com/xdprouter/xdprouter/control/netlink"
+	"github.com/xdprouter/xdprouter/dataplane/engine"
+	"github.com/xdprouter/xdprouter/dataplane/fib"
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
+)
+
+// Daemon is a running router.
+type Daemon struct {
+	mu      sync.Mutex
+	cfg     Config
+	started time.Time
+	table   *fib.Table
+	prog    *xdp.Program
+	mirror  *netlink.Mirror
+	eng     *engine.Engine
+	ifindex map[string]int
+	cancel  context.CancelFunc
+	bg      sync.WaitGroup
+	servers []*http.Server
+	warm    bool // the FIB came back from pins: forwarded before the first sync
+}
+
+// Start brings the router up: program in pass on every interface, FIB
+// filled from the kernel, then the configured engines, then the operator
+// socket and metrics. Any failure undoes what was done.
+func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d = &Daemon{cfg: cfg, started: time.Now(), ifindex: map[string]int{}}
+	defer func() {
+		if err != nil {
+			_ = d.Stop()
+		}
+	}()
+	if err := d.resolve(cfg); err != nil {
+		return nil, err
+	}
+	fc := fib.Config{Groups4: cfg.FIB.Groups4, Groups6: cfg.FIB.Groups6, Nexthops: cfg.FIB.Nexthops}
+	if cfg.PinPath != "" {
+		fc.PinPath = filepath.Join(cfg.PinPath, "fib")
+	}
+	if d.table, err = fib.New(fc); err != nil {
+		return nil, fmt.Errorf("create FIB: %w", err)
+	}
+	d.warm = d.table.Reopened()
+	po := xdp.Options{}
+	if cfg.PinPath != "" {
+		po.PinPath = filepath.Join(cfg.PinPath, "prog")
+	}
+	if d.prog, err = xdp.Load(d.table, po); err != nil {
+		return nil, err
+	}
+	// 1. Every interface in pass: the kernel forwards while we fill the FIB
+	// (or, with a FIB kept on bpffs, the configured engines at once).
+	err = netnsrun.Do(cfg.Namespace, func() error {
+		for _, ifc := range cfg.Interfaces {
+			e := xdp.EnginePass
+			if d.warm {
+				e = cfg.engines()[ifc.Name]
+				if e == xdp.EngineAFXDP {
+					e = xdp.EnginePass // until its workers run
+				}
+			}
+			if err := d.prog.Attach(d.ifindex[ifc.Name], e, xdp.AttachOptions{Generic: ifc.Generic}); err != nil {
+				return fmt.Errorf("attach to %s: %w", ifc.Name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// 2. The FIB from the kernel, then follow it.
+	serve := map[int]bool{}
+	for _, i := range d.ifindex {
+		serve[i] = true
+	}
+	d.mirror, err = netlink.New(d.table, netlink.Config{Namespace: cfg.Namespace, Table: cfg.Table,
+		Serve: func(ifindex int, _ string) bool { return serve[ifindex] }, Dataplane: d.prog})
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	if err := d.mirror.Sync(); err != nil {
+		return nil, fmt.Errorf("initial FIB sync: %w", err)
+	}
+	slog.Info("FIB synced from the kernel", "table", cfg.Table, "took", time.Since(t0).Round(time.Millisecond), "warm", d.warm)
+	bctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		if err := d.mirror.Run(bctx); err != nil {
+			slog.Error("netlink mirror stopped", "err", err)
+		}
+	}()
+	// 3. Engines.
+	if err := d.applyEngines(nil, cfg); err != nil {
+		return nil, err
+	}
+	// 4. Operator socket and metrics.
+	if err := d.serve(); err != nil {
+		return nil, err
+	}
+	slog.Info("xdprouter running", "interfaces", len(cfg.Interfaces), "control", cfg.Control, "metrics", cfg.Metrics)
+	return d, nil
+}
+
+// resolve finds every interface's ifindex, reporting all missing ones.
+func (d *Daemon) resolve(cfg Config) error {
+	return netnsrun.Do(cfg.Namespace, func() error {
+		var errs []error
+		for i, ifc := range cfg.Interfaces {
+			l, err := vnl.LinkByName(ifc.Name)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("interfaces[%d].name: %q: no such interface%s", i, ifc.Name, inNS(cfg.Namespace)))
+				continue
+			}
+			d.ifindex[ifc.Name] = l.Attrs().Index
+		}
+		return errors.Join(errs...)
+	})
+}
+
+func inNS(ns string) string {
+	if ns == "" {
+		return ""
+	}
+	return " in namespace " + ns
+}
+
+// applyEngines moves from old's engines to cfg's without a gap: an
+// interface leaving afxdp switches first (the kernel-side engine takes
+// over at once), the AF_XDP workers restart only when their set changed
+// (meanwhile frames for afxdp interfaces go to the kernel, never
+// dropped), and interfaces entering afxdp switch last, when their
+// sockets exist.
+func (d *Daemon) applyEngines(old *Config, cfg Config) error {
+	want := cfg.engines()
+	var before map[string]xdp.Engine
+	if old != nil {
+		before = old.engines()
+	}
+	var afxdp, others []int
+	for _, ifc := range cfg.Interfaces {
+		if want[ifc.Name] == xdp.EngineAFXDP {
+			afxdp = append(afxdp, d.ifindex[ifc.Name])
+		} else {
+			others = append(others, d.ifindex[ifc.Name])
+		}
+	}
+	// Leaving afxdp, or not involving it: switch now.
+	for _, ifc := range cfg.Interfaces {
+		if e := want[ifc.Name]; e != xdp.EngineAFXDP {
+			if err := d.prog.SetEngine(d.ifindex[ifc.Name], e); err != nil {
+				return err
+			}
+		}
+	}
+	restart := old == nil || !slices.Equal(afxdpNames(*old), afxdpNames(cfg)) ||
+		!slices.Equal(old.CPUs, cfg.CPUs) || old.Queues != cfg.Queues || old.Socket != cfg.Socket || old.Spin != cfg.Spin
+	if restart {
+		if d.eng != nil {
+			if err := d.eng.Stop(); err != nil {
+				slog.Warn("stop AF_XDP engine", "err", err)
+			}
+			d.eng = nil
+		}
+		if len(afxdp) > 0 {
+			eng, err := engine.Start(engine.Config{Namespace: cfg.Namespace, Program: d.prog, Table: d.table,
+				Interfaces: afxdp, Egress: others, Queues: cfg.Queues, CPUs: cfg.CPUs,
+				Socket: cfg.socketOptions(), Spin: cfg.Spin})
+			if err != nil {
+				return fmt.Errorf("start AF_XDP engine: %w", err)
+			}
+			d.eng = eng
+		}
+	}
+	for _, ifc := range cfg.Interfaces {
+		if want[ifc.Name] == xdp.EngineAFXDP {
+			if err := d.prog.SetEngine(d.ifindex[ifc.Name], xdp.EngineAFXDP); err != nil {
+				return err
+			}
+		}
+	}
+	for _, ifc := range cfg.Interfaces {
+		if before == nil || before[ifc.Name] != want[ifc.Name] {
+			slog.Info("engine set", "interface", ifc.Name, "engine", want[ifc.Name])
+		}
+	}
+	return nil
+}
+
+func afxdpNames(c Config) []string {
+	var n []string
+	for _, ifc := range c.Interfaces {
+		if ifc.Engine == "afxdp" {
+			n = append(n, ifc.Name)
+		}
+	}
+	return n
+}
+
+// Reload applies a new configuration: engines, workers and their sizes.
+// The interface set, namespace, table, endpoints and pins need a restart.
+func (d *Daemon) Reload(cfg Config) error {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	names := func(c Config) []string {
+		var n []string
+		for _, ifc := range c.Interfaces {
+			n = append(n, ifc.Name)
+		}
+		return n
+	}
+	if !slices.Equal(names(cfg), names(d.cfg)) {
+		errs = append(errs, errors.New("interfaces: the set of interfaces changed: restart the daemon"))
+	}
+	if cfg.Namespace != d.cfg.Namespace || cfg.Table != d.cfg.Table || cfg.Metrics != d.cfg.Metrics ||
+		cfg.Control != d.cfg.Control || cfg.PinPath != d.cfg.PinPath || cfg.FIB != d.cfg.FIB {
+		errs = append(errs, errors.New("namespace, table, metrics, control_socket, pin_path and fib need a restart"))
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	old := d.cfg
+	if err := d.applyEngines(&old, cfg); err != nil {
+		return err
+	}
+	d.cfg = cfg
+	slog.Info("configuration reloaded")
+	return nil
+}
+
+// Stop shuts down in reverse: endpoints, every interface to pass, the
+// workers, the mirror, then detaches and frees (pins removed: the host is
+// left as found).
+func (d *Daemon) Stop() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, s := range d.servers {
+		errs = append(errs, s.Close())
+	}
+	d.servers = nil
+	if d.cfg.Control != "" {
+		_ = os.Remove(d.cfg.Control)
+	}
+	if d.prog != nil {
+		for _, i := range d.ifindex {
+			_ = d.prog.SetEngine(i, xdp.EnginePass)
+		}
+	}
+	if d.eng != nil {
+		errs = append(errs, d.eng.Stop())
+		d.eng = nil
+	}
+	if d.cancel != nil {
+		d.cancel()
+		d.bg.Wait()
+		d.cancel = nil
+	}
+	if d.mirror != nil {
+		errs = append(errs, d.mirror.Close())
+		d.mirror = nil
+	}
+	if d.prog != nil {
+		errs = append(errs, netnsrun.Do(d.cfg.Namespace, func() error {
+			var errs []error
+			for name, i := range d.ifindex {
+				if err := d.prog.Detach(i); err != nil {
+					errs = append(errs, fmt.Errorf("detach from %s: %w", name, err))
+				}
+			}
+			return errors.Join(errs...)
+		}))
+		if d.cfg.PinPath != "" {
+			errs = append(errs, d.prog.Unpin())
+		}
+		errs = append(errs, d.prog.Close())
+		d.prog = nil
+	}
+	if d.table != nil {
+		if d.cfg.PinPath != "" {
+			errs = append(errs, d.table.Unpin())
+			_ = os.Remove(filepath.Join(d.cfg.PinPath, "fib"))
+			_ = os.Remove(filepath.Join(d.cfg.PinPath, "prog"))
+			_ = os.Remove(d.cfg.PinPath)
+		}
+		errs = append(errs, d.table.Close())
+		d.table = nil
+	}
+	return errors.Join(errs...)
+}
+
+// serve starts the operator socket (mode 0600) and the metrics listener.
+func (d *Daemon) serve() error {
+	mux := d.handler()
+	if err := os.MkdirAll(filepath.Dir(d.cfg.Control), 0o755); err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	_ = os.Remove(d.cfg.Control) // a stale socket of a killed daemon
+	ln, err := net.Listen("unix", d.cfg.Control)
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", d.cfg.Control, err)
+	}
+	if err := os.Chmod(d.cfg.Control, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket %s: %w", d.cfg.Control, err)
+	}
+	s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	d.servers = append(d.servers, s)
+	go s.Serve(ln)
+	if d.cfg.Metrics != "off" {
+		ml, err := net.Listen("tcp", d.cfg.Metrics)
+		if err != nil {
+			return fmt.Errorf("metrics on %s: %w", d.cfg.Metrics, err)
+		}
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		d.servers = append(d.servers, ms)
+		go ms.Serve(ml)
+	}
+	return nil
+}

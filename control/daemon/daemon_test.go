@@ -1,0 +1,192 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdprouter/xdprouter/bench/gen"
+	"github.com/xdprouter/xdprouter/bench/sink"
+	"github.com/xdprouter/xdprouter/internal/testutil"
+	"github.com/xdprouter/xdprouter/lab"
+)
+
+// TestConfigValidate: every bad field is named, all at once.
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"ok", "interfaces: [{name: eth1, engine: afxdp}, {name: eth3}]\n", nil},
+		{"empty", "{}\n", []string{"interfaces: none"}},
+		{"unknown field", "interfaces: [{name: eth1}]\nengnie: xdp\n", []string{"field engnie not found"}},
+		{"many", `interfaces:
+  - {name: eth1, engine: fast}
+  - {name: eth1}
+  - {name: ""}
+  - {name: averyveryverylongname}
+table: -3
+cpus: [0, 999]
+housekeeping_cpus: [0]
+queues: 1000
+socket: {ring_size: 1000, frames: 10}
+metrics: "9470"
+control_socket: relative.sock
+pin_path: fs/bpf
+fib: {groups4: -1}
+`, []string{"interfaces[0].engine", "interfaces[1].name", "interfaces[2].name", "interfaces[3].name", "table", "cpus[1]",
+			"housekeeping_cpus[0]", "queues", "socket", "metrics", "control_socket", "pin_path", "fib.groups4"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.yaml))
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("valid config refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("bad config accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not name %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func unixGet(t *testing.T, sock, path string) string {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := c.Get("http://x" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func metric(t *testing.T, text, series string) uint64 {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", series, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no series %s in metrics", series)
+	return 0
+}
+
+// TestDaemonLab: the daemon in the lab's router namespace forwards every
+// frame (eth1 afxdp, eth2 xdp), its metrics count them, a reload swaps the
+// two engines during traffic without losing a frame, and stop leaves no
+// XDP program and no socket behind.
+func TestDaemonLab(t *testing.T) {
+	testutil.Privileged(t)
+	name := testutil.LabName()
+	t.Cleanup(func() { _ = lab.Down(name) })
+	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "x.sock")
+	cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: sock, CPUs: []int{0, 1 % runtime.NumCPU()},
+		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "afxdp"}, {Name: l.Ingress[1].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "pass"}},
+		FIB:        FIBConfig{Groups4: 64, Groups6: 64, Nexthops: 64}}
+	d, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			d.Stop()
+		}
+	}()
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("control socket: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	sk, err := sink.Attach(l.SinkNS, []string{l.Egress.B.Name}, sink.DefaultPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Close()
+	send := func(count int) gen.Result {
+		g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: gen.LabLinks(l), Count: uint64(count), Rate: 50000, CPUs: []int{0, 1 % runtime.NumCPU()}})
+		if err != nil {
+			t.Error(err)
+			return gen.Result{}
+		}
+		defer g.Close()
+		res, err := g.Run(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		return res
+	}
+	res := send(20000)
+	got, _ := sk.WaitMatched(context.Background(), res.Sent, 2*time.Second)
+	if got.MatchedPackets != res.Sent || got.MatchedForeignMAC != 0 {
+		t.Fatalf("sink matched %d (wrong MAC %d) of %d", got.MatchedPackets, got.MatchedForeignMAC, res.Sent)
+	}
+	m := unixGet(t, sock, "/metrics")
+	e1, e2 := l.Ingress[0].B.Name, l.Ingress[1].B.Name
+	toAF := metric(t, m, `xdprouter_xdp_packets_total{interface="`+e1+`",counter="to_afxdp"}`)
+	fwd := metric(t, m, `xdprouter_xdp_packets_total{interface="`+e2+`",counter="forwarded"}`)
+	w0 := metric(t, m, `xdprouter_worker_packets_total{queue="0",cpu="0",counter="forwarded"}`)
+	w1 := metric(t, m, `xdprouter_worker_packets_total{queue="1",cpu="`+strconv.Itoa(1%runtime.NumCPU())+`",counter="forwarded"}`)
+	if toAF+fwd != res.Sent || w0+w1 != toAF || toAF == 0 || fwd == 0 {
+		t.Errorf("metrics: eth1 to_afxdp %d + eth2 forwarded %d, workers %d+%d; want a sum of %d with the workers forwarding eth1's",
+			toAF, fwd, w0, w1, res.Sent)
+	}
+	if st := unixGet(t, sock, "/status"); !strings.Contains(st, `"engine": "afxdp"`) {
+		t.Errorf("status: %s", st)
+	}
+	// Swap the engines while traffic flows.
+	done := make(chan gen.Result, 1)
+	go func() { done <- send(100000) }()
+	time.Sleep(500 * time.Millisecond)
+	cfg2 := cfg
+	cfg2.Interfaces = []Interface{{Name: e1, Engine: "xdp"}, {Name: e2, Engine: "afxdp"}, {Name: l.Egress.A.Name, Engine: "pass"}}
+	if err := d.Reload(cfg2); err != nil {
+		t.Fatal(err)
+	}
+	res2 := <-done
+	got2, _ := sk.WaitMatched(context.Background(), res.Sent+res2.Sent, 2*time.Second)
+	if got2.MatchedPackets-got.MatchedPackets != res2.Sent {
+		t.Errorf("across the reload: sink matched %d of %d", got2.MatchedPackets-got.MatchedPackets, res2.Sent)
+	}
+	st := d.Stats()
+	if st.Interfaces[e2]["to_afxdp"] == 0 || st.Interfaces[e1]["forwarded"] <= fwd {
+		t.Errorf("after the reload eth2 should feed the workers and eth1 forward in XDP: %v / %v", st.Interfaces[e2], st.Interfaces[e1])
+	}
+	stopped = true
+	if err := d.Stop(); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	out, _ := exec.Command("ip", "-n", l.RouterNS, "link", "show").CombinedOutput()
+	if strings.Contains(string(out), "prog/xdp") {
+		t.Errorf("XDP left on the router's interfaces:\n%s", out)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("control socket left: %v", err)
+	}
+}
