@@ -252,7 +252,7 @@ func (e *Engine) Rebuild(ifindex int) error {
 	}
 	err := e.remove(ifindex)
 	if err := e.open(ifindex); err != nil {
-		return fmt.Errorf("rebuild ifindex %d: %w", ifindex, errors.Join(err, e.remove(ifindex)))
+		return fmt.Errorf("rebuild ifindex %d: %w", ifindex, errors.Join(err, e.unpublish(ifindex)))
 	}
 	if err := e.publish(ifindex); err != nil {
 		return fmt.Errorf("rebuild ifindex %d: %w", ifindex, err)

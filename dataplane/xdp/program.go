@@ -396,6 +396,21 @@ func (p *Program) Counters(ifindex int) (Counters, error) {
 	return c, nil
 }
 
+// SumCounters returns the counters of several interfaces added up.
+func (p *Program) SumCounters(ifindexes ...int) (Counters, error) {
+	var sum Counters
+	for _, ifindex := range ifindexes {
+		c, err := p.Counters(ifindex)
+		if err != nil {
+			return sum, err
+		}
+		for i := range sum {
+			sum[i] += c[i]
+		}
+	}
+	return sum, nil
+}
+
 // IsLocal reports whether an address is in the program's local map.
 func (p *Program) IsLocal(a netip.Addr) bool {
 	a = a.Unmap()
