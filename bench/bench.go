@@ -36,6 +36,9 @@ type Scenario struct {
 	// afxdp attaches xdprouter's program with engine afxdp and runs the
 	// AF_XDP workers (one per queue, worker q on CPU q).
 	afxdp bool
+	// tune lays the router's queues onto CPUs for the trial (kernel
+	// scenarios) and restores them afterwards.
+	tune tuning
 }
 
 func source(s xdp.Source) *xdp.Source { return &s }
@@ -46,6 +49,10 @@ var Scenarios = []Scenario{
 		Description: "generator into an XDP drop on the router's eth1/eth2: the most this lab delivers"},
 	{Name: "kernel",
 		Description: "Linux forwarding in the router namespace, eth1/eth2 -> eth3 -> sink"},
+	{Name: "kernel-1cpu", tune: tuneOneCPU,
+		Description: "Linux forwarding untuned: RPS steers every frame of eth1/eth2 to CPU 0, all IP forwarding on one CPU"},
+	{Name: "kernel-tuned", tune: tuneAffinity,
+		Description: "Linux forwarding tuned by xdprouter's affinity plan: queue q's XPS on CPU q on eth1/eth2/eth3, RPS off"},
 	{Name: "xdp-kfib", xdp: source(xdp.SourceKernel),
 		Description: "XDP forwarding with bpf_fib_lookup (the kernel's FIB, like xdp-forward)"},
 	{Name: "xdp", xdp: source(xdp.SourceFIB),
@@ -248,16 +255,27 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 		Duration: o.Duration.Seconds(), Repeats: o.Repeats, Routes: rt.describe(), Dst: dst.String(),
 		GenCPUs: len(o.GenCPUs),
 	}
-	// Scenarios take turns, one trial each, and every trial attaches its
-	// sink and program afresh: on veth one attachment's rate differs from
-	// the next by up to ±15 % (measured), so a median over trials of one
-	// attachment would hide that, and slow drift would favour whichever
-	// scenario ran first.
+	results, err := rounds(ctx, scen, l, rt, g, o.Repeats, "", progress)
+	if err != nil {
+		return nil, err
+	}
+	rep.Results = results
+	return rep, nil
+}
+
+// rounds runs every scenario repeats times and summarises each. Scenarios
+// take turns, one trial each, and every trial attaches its sink and
+// program afresh: on veth one attachment's rate differs from the next by
+// up to ±15 % (measured), so a median over trials of one attachment would
+// hide that, and slow drift would favour whichever scenario ran first.
+// label prefixes the progress lines.
+func rounds(ctx context.Context, scen []Scenario, l *lab.Lab, rt *router, g *gen.Generator, repeats int,
+	label string, progress func(string)) ([]Result, error) {
 	results := make([]Result, len(scen))
 	for i, s := range scen {
 		results[i] = Result{Scenario: s.Name, Description: s.Description}
 	}
-	for rep := range o.Repeats {
+	for rep := range repeats {
 		for i, s := range scen {
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -268,23 +286,21 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 			}
 			results[i].Trials = append(results[i].Trials, t)
 			if progress != nil {
-				progress(fmt.Sprintf("%-10s trial %d/%d: sent %d, received %d in %.2fs: %.3f Mpps, loss %.2f%%",
-					s.Name, rep+1, o.Repeats, t.Sent, t.Received, t.Seconds, t.PPS/1e6, t.LossPct))
+				progress(fmt.Sprintf("%s%-12s trial %d/%d: sent %d, received %d in %.2fs: %.3f Mpps, loss %.2f%%",
+					label, s.Name, rep+1, repeats, t.Sent, t.Received, t.Seconds, t.PPS/1e6, t.LossPct))
 			}
 		}
 	}
 	for i := range results {
 		summarise(&results[i])
 	}
-	rep.Results = results
-	return rep, nil
+	return results, nil
 }
 
 // runTrial attaches a scenario's sink (and program), sends once, and
 // detaches.
-func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Generator) (Trial, error) {
+func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Generator) (_ Trial, err error) {
 	var sk *sink.Sink
-	var err error
 	if s.wire {
 		var ifs []string
 		for _, lk := range l.Ingress {
@@ -298,6 +314,17 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 		return Trial{}, err
 	}
 	defer sk.Close()
+	if s.tune != tuneNone {
+		record, err := tune(l, s.tune)
+		if err != nil {
+			return Trial{}, err
+		}
+		defer func() {
+			if uerr := untune(l, record); uerr != nil && err == nil {
+				err = uerr
+			}
+		}()
+	}
 	if s.xdp != nil {
 		prog, err := rt.attach(*s.xdp, xdp.EngineXDP)
 		if err != nil {

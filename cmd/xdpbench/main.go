@@ -50,7 +50,7 @@ RFC 2544 does; preamble and inter-frame gap are not counted.`,
 			return rlimit.RemoveMemlock()
 		},
 	}
-	root.AddCommand(newLabCmd(), newGenCmd(), newSinkCmd(), newRunCmd(), newDemoCmd())
+	root.AddCommand(newLabCmd(), newGenCmd(), newSinkCmd(), newRunCmd(), newReportCmd(), newDemoCmd())
 	return root
 }
 

@@ -109,6 +109,10 @@ func TestBadFlags(t *testing.T) {
 		{"run", "--scenarios", "warp"},
 		{"run", "--cpus", "3-1"},
 		{"lab", "up", "--name", "Bad Name"},
+		{"report", "--sizes", "64,x"},
+		{"report", "--routes", "2"},
+		{"report", "--scenarios", "kernel,warp"},
+		{"report", "--sizes", "63", "--routes", "1"},
 	}
 	for _, args := range tests {
 		if out, err := xdpbench(context.Background(), args...); err == nil {

@@ -7,6 +7,7 @@ import (
 	"runtime"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Do runs fn on a fresh OS thread inside the namespace name (from
@@ -33,4 +34,27 @@ func Do(name string, fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
+}
+
+// DoSysfs is Do with the namespace's own view of /sys: the thread gets a
+// private mount namespace (propagation to the host cut) with a sysfs
+// mounted on /sys from inside the network namespace, so
+// /sys/class/net/IF/queues/... are the namespace's interfaces, like
+// `ip netns exec`. /proc stays the host's.
+func DoSysfs(name string, fn func() error) error {
+	return Do(name, func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("unshare mount namespace: %w", err)
+		}
+		if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("make / a slave mount: %w", err)
+		}
+		if err := unix.Unmount("/sys", unix.MNT_DETACH); err != nil && err != unix.EINVAL {
+			return fmt.Errorf("unmount the host's /sys: %w", err)
+		}
+		if err := unix.Mount(name, "/sys", "sysfs", 0, ""); err != nil {
+			return fmt.Errorf("mount sysfs of %s: %w", name, err)
+		}
+		return fn()
+	})
 }
