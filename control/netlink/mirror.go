@@ -92,6 +92,7 @@ type Mirror struct {
 	nroutes    int
 	hostRoutes map[netip.Prefix]nhKey
 	installed  map[netip.Prefix]fib.Result
+	pruned     bool // the first sync's prune of a reopened FIB is done
 	dirty      map[netip.Prefix]struct{}
 	nexthops   map[nhKey]*nexthop
 	nhByID     map[uint32]nhKey
@@ -382,8 +383,35 @@ func (m *Mirror) Sync() error {
 		m.writeNH(k, nh)
 	}
 	m.reconcile()
+	if !m.pruned && m.table.Reopened() {
+		m.prune()
+	}
+	m.pruned = true
 	m.count(0)
 	return nil
+}
+
+// prune deletes, after the first full sync of a FIB reopened from pins,
+// the routes an earlier process installed that the kernel no longer has
+// (routes deleted while no daemon ran): they would forward forever.
+func (m *Mirror) prune() {
+	var stale []netip.Prefix
+	m.table.Routes(func(r fib.Route) bool {
+		if _, ok := m.installed[r.Prefix]; !ok {
+			stale = append(stale, r.Prefix)
+		}
+		return true
+	})
+	for _, p := range stale {
+		if err := m.table.Delete(p); err != nil {
+			m.fail(fmt.Errorf("fib delete stale %s: %w", p, err))
+			continue
+		}
+		m.stats.RoutesApplied++
+	}
+	if len(stale) > 0 {
+		slog.Info("FIB reopened from pins: removed routes the kernel no longer has", "routes", len(stale))
+	}
 }
 
 func (m *Mirror) setLink(l vnl.Link) {

@@ -107,6 +107,21 @@ func TestPinnedReopen(t *testing.T) {
 		}
 	}
 	check("reopened, no routes loaded")
+	orig := map[netip.Prefix]fib.Result{}
+	for _, r := range routes {
+		orig[r.Prefix] = r.Result
+	}
+	recovered := 0
+	tb2.Routes(func(r fib.Route) bool {
+		recovered++
+		if res, ok := orig[r.Prefix]; !ok || res != r.Result {
+			t.Errorf("recovered route %s -> %v that was not loaded (loaded: %v, %v)", r.Prefix, r.Result, ok, res)
+		}
+		return true
+	})
+	if recovered < len(routes)*9/10 {
+		t.Errorf("recovered %d routes of %d", recovered, len(routes))
+	}
 	st2 := tb2.Stats()
 	if st2.Groups4 != st.Groups4 || st2.Groups6 != st.Groups6 || st2.Nexthops != st.Nexthops || st2.ECMPGroups != st.ECMPGroups {
 		t.Errorf("allocators rebuilt as %+v, were %+v", st2, st)
@@ -126,6 +141,44 @@ func TestPinnedReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after new routes")
+
+	// A restart with routes gone meanwhile: load what is left, delete
+	// every recovered route that is not (the mirror's prune); the table
+	// must then answer exactly like a fresh one with what is left.
+	keep := append(append([]fib.Route{}, routes[:len(routes)/2]...),
+		fib.Route{Prefix: netip.MustParsePrefix("203.0.113.128/25"), Result: fib.MakeResult(fib.RouteNexthop, 40)})
+	if err := tb2.Load(keep); err != nil {
+		t.Fatal(err)
+	}
+	kept := map[netip.Prefix]bool{}
+	for _, r := range keep {
+		kept[r.Prefix] = true
+	}
+	var stale []netip.Prefix
+	tb2.Routes(func(r fib.Route) bool {
+		if !kept[r.Prefix] {
+			stale = append(stale, r.Prefix)
+		}
+		return true
+	})
+	for _, p := range stale {
+		if err := tb2.Delete(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fresh, err := fib.New(fib.Config{Groups4: 4096, Groups6: 16384, Nexthops: 64, ECMPGroups: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if err := fresh.Load(keep); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if got, want := tb2.Lookup(a), fresh.Lookup(a); got != want {
+			t.Fatalf("after pruning %d stale routes: lookup %s = %v, a fresh table says %v", len(stale), a, got, want)
+		}
+	}
 	if err := tb2.Unpin(); err != nil {
 		t.Fatal(err)
 	}

@@ -151,9 +151,10 @@ func New(cfg Config) (*Table, error) {
 }
 
 // Reopened reports whether the table reopened pinned maps. Such a table
-// forwards as before but knows no routes: Load the same routes again
-// (a route that has not changed rewrites nothing, so readers see no
-// change) before deleting any.
+// forwards as before and knows the routes its entries show (Routes lists
+// them; a prefix hidden entirely under longer ones is not among them):
+// load the current routes again (a route that has not changed rewrites
+// nothing, so readers see no change), then delete the ones that went.
 func (t *Table) Reopened() bool { return t.reopened > 0 }
 
 // Unpin removes the table's pins: the maps go when the last user closes.

@@ -456,4 +456,41 @@ func (t *trie) rebuild() {
 			t.free = append(t.free, uint32(g))
 		}
 	}
+	t.recoverRoutes()
+}
+
+// recoverRoutes rebuilds the route set from the entries of reopened maps:
+// every prefix that paints at least one entry, with its result. A prefix
+// hidden entirely under longer ones paints nothing, so it is not
+// recovered; it forwards nothing either, and a later delete of what hides
+// it restores the parent from the routes loaded since.
+func (t *trie) recoverRoutes() {
+	var last uint32
+	var lastP [16]byte
+	var walk func(tbl []uint32, base int, a [16]byte, off, stride int)
+	walk = func(tbl []uint32, base int, a [16]byte, off, stride int) {
+		for i := range 1 << stride {
+			for k := range stride / 8 {
+				a[off/8+k] = byte(i >> (8 * (stride/8 - 1 - k)))
+			}
+			e := tbl[base+i]
+			if e&extBit != 0 {
+				walk(t.groups, int(e&groupMask)*groupSize, a, off+stride, 8)
+				continue
+			}
+			if e == 0 {
+				continue
+			}
+			d := depthOf(e)
+			p := mask(a, d)
+			if e == last && p == lastP {
+				continue // the same prefix's next entry
+			}
+			last, lastP = e, p
+			if _, ok := t.routes.get(&p, d); !ok {
+				t.routes.put(&p, d, Result(e&resultMask))
+			}
+		}
+	}
+	walk(t.l0, 0, [16]byte{}, 0, t.first)
 }

@@ -3,6 +3,7 @@ package xdp
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -174,14 +175,15 @@ func (p *Program) Unpin() error {
 	return errors.Join(errs...)
 }
 
-// Close detaches the program from every interface it attached to and
-// frees it; attachments made by others are not touched.
+// Close detaches the program from every interface it attached to (pinned
+// attachments too: only a killed process leaves them) and frees it;
+// attachments made by others are not touched.
 func (p *Program) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
 	for ifindex, l := range p.links {
-		if err := l.Close(); err != nil {
+		if err := errors.Join(l.Unpin(), l.Close()); err != nil {
 			errs = append(errs, fmt.Errorf("detach from ifindex %d: %w", ifindex, err))
 		}
 		delete(p.links, ifindex)
@@ -254,12 +256,45 @@ func (p *Program) Attach(ifindex int, e Engine, o AttachOptions) error {
 		flags = link.XDPGenericMode
 		slog.Warn("attaching XDP in generic mode: slower than native", "ifindex", ifindex)
 	}
+	pin := p.linkPin(ifindex)
+	if pin != "" {
+		// A pinned attachment of an earlier process (one killed before it
+		// could detach) keeps forwarding: take it over by swapping in this
+		// program, atomically, instead of detaching it.
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			if err := l.Update(p.objs.XdpRouter); err == nil {
+				p.links[ifindex] = l
+				slog.Info("took over the XDP attachment of an earlier process", "ifindex", ifindex)
+				return nil
+			} else {
+				slog.Warn("stale XDP attachment pin, replacing it", "pin", pin, "err", err)
+			}
+			_ = l.Unpin()
+			l.Close()
+		}
+	}
 	l, err := link.AttachXDP(link.XDPOptions{Program: p.objs.XdpRouter, Interface: ifindex, Flags: flags})
 	if err != nil {
 		return fmt.Errorf("attach xdp to ifindex %d (%s mode): %w", ifindex, map[bool]string{false: "native", true: "generic"}[o.Generic], err)
 	}
+	if pin != "" {
+		// Pinned, the attachment outlives this process if it is killed.
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("pin the XDP attachment of ifindex %d: %w", ifindex, err)
+		}
+	}
 	p.links[ifindex] = l
 	return nil
+}
+
+// linkPin is where an interface's attachment is pinned ("" without
+// Options.PinPath).
+func (p *Program) linkPin(ifindex int) string {
+	if p.opts.PinPath == "" {
+		return ""
+	}
+	return filepath.Join(p.opts.PinPath, fmt.Sprintf("link-%d", ifindex))
 }
 
 // Detach removes the program from an interface it attached to.
@@ -272,6 +307,7 @@ func (p *Program) Detach(ifindex int) error {
 	}
 	delete(p.links, ifindex)
 	var errs []error
+	errs = append(errs, l.Unpin()) // nothing to do when not pinned
 	errs = append(errs, l.Close())
 	if err := p.objs.Ifaces.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)

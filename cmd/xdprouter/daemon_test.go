@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xdprouter/xdprouter/bench/gen"
+	"github.com/xdprouter/xdprouter/bench/sink"
+	"github.com/xdprouter/xdprouter/control/daemon"
+	"github.com/xdprouter/xdprouter/internal/testutil"
+	"github.com/xdprouter/xdprouter/lab"
+)
+
+// TestMain lets a test start this package's main as a separate process
+// (the daemon a test kills): XDPROUTER_TEST_MAIN=1 runs main with the
+// arguments after the binary's name.
+func TestMain(m *testing.M) {
+	if os.Getenv("XDPROUTER_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// daemonProc is `xdprouter run` in a child process.
+type daemonProc struct {
+	cmd  *exec.Cmd
+	done chan error
+	log  *os.File
+}
+
+func startDaemon(t *testing.T, config, sock, logPath string) *daemonProc {
+	t.Helper()
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "run", "--config", config)
+	cmd.Env = append(os.Environ(), "XDPROUTER_TEST_MAIN=1")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &daemonProc{cmd: cmd, done: make(chan error, 1), log: logf}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+			}
+		}
+		logf.Close()
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := run("status", "--socket", sock, "--json")
+		if err == nil {
+			var st daemon.Status
+			if json.Unmarshal([]byte(out), &st) == nil && len(st.Interfaces) > 0 {
+				return p
+			}
+		}
+		select {
+		case err := <-p.done:
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("daemon exited: %v\n%s", err, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("daemon not ready after 30 s: %v\n%s", err, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestKillRestart: a daemon killed with SIGKILL leaves its program
+// attached and its FIB pinned, so the router forwards on while nothing
+// runs (engine xdp in XDP, the afxdp interface through the kernel); a
+// route deleted meanwhile is gone from the FIB once a new daemon starts
+// warm from the pins; the new daemon forwards every frame; and its
+// SIGTERM leaves no program, pin or socket behind.
+func TestKillRestart(t *testing.T) {
+	testutil.Privileged(t)
+	name := testutil.LabName()
+	t.Cleanup(func() { _ = lab.Down(name) })
+	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "x.sock")
+	pins := fmt.Sprintf("/sys/fs/bpf/xdprouter-test-%d", os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(pins) })
+	config := filepath.Join(dir, "xdprouter.yaml")
+	yaml := fmt.Sprintf(`namespace: %s
+interfaces:
+  - {name: %s, engine: xdp}
+  - {name: %s, engine: afxdp}
+  - {name: %s, engine: pass}
+cpus: [0, %d]
+metrics: "off"
+control_socket: %s
+pin_path: %s
+fib: {groups4: 64, groups6: 64, nexthops: 64}
+`, l.RouterNS, l.Ingress[0].B.Name, l.Ingress[1].B.Name, l.Egress.A.Name, 1%runtime.NumCPU(), sock, pins)
+	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"-n", l.RouterNS}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	// A second route the daemon mirrors, deleted while it is dead.
+	doomed := netip.MustParsePrefix("198.51.100.0/24")
+	ip("route", "add", doomed.String(), "via", l.GatewayV4.String())
+
+	sk, err := sink.Attach(l.SinkNS, []string{l.Egress.B.Name}, sink.DefaultPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Close()
+	matched := uint64(0)
+	// send sends count frames to dst at 50 kpps and returns how many of
+	// them the sink matched.
+	send := func(dst netip.Prefix, count int) (sent, got uint64) {
+		t.Helper()
+		src, _ := gen.DefaultPrefixes(4)
+		g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: dst,
+			Count: uint64(count), Rate: 50000, CPUs: []int{0, 1 % runtime.NumCPU()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		res, err := g.Run(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := sk.WaitMatched(context.Background(), matched+res.Sent, time.Second)
+		got = c.MatchedPackets - matched
+		matched = c.MatchedPackets
+		if c.MatchedForeignMAC != 0 {
+			t.Errorf("%d frames arrived with a wrong MAC", c.MatchedForeignMAC)
+		}
+		return res.Sent, got
+	}
+	_, labDst := gen.DefaultPrefixes(4)
+	xdpLinks := func() int {
+		out, _ := exec.Command("ip", "-n", l.RouterNS, "link", "show").CombinedOutput()
+		return strings.Count(string(out), "prog/xdp")
+	}
+
+	logPath := filepath.Join(dir, "daemon.log")
+	d1 := startDaemon(t, config, sock, logPath)
+	if sent, got := send(labDst, 20000); got != sent {
+		t.Fatalf("first daemon: sink matched %d of %d", got, sent)
+	}
+	if sent, got := send(doomed, 5000); got != sent {
+		t.Fatalf("first daemon, %s: sink matched %d of %d", doomed, got, sent)
+	}
+
+	if err := d1.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-d1.done
+	if n := xdpLinks(); n != 3 {
+		t.Fatalf("after SIGKILL %d interfaces have XDP, want the 3 it attached", n)
+	}
+	if _, err := os.Stat(filepath.Join(pins, "fib")); err != nil {
+		t.Fatalf("after SIGKILL the FIB pins are gone: %v", err)
+	}
+	if sent, got := send(labDst, 20000); got != sent {
+		t.Errorf("no daemon running: sink matched %d of %d (XDP and the kernel should forward on)", got, sent)
+	}
+	ip("route", "del", doomed.String())
+
+	d2 := startDaemon(t, config, sock, logPath)
+	out, err := run("status", "--socket", sock, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st daemon.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil || !st.WarmStart {
+		t.Errorf("restarted daemon: warm_start false or %v:\n%s", err, out)
+	}
+	if sent, got := send(labDst, 20000); got != sent {
+		t.Errorf("restarted daemon: sink matched %d of %d", got, sent)
+	}
+	if sent, got := send(doomed, 5000); got != 0 {
+		t.Errorf("route %s deleted while no daemon ran: %d of %d frames still forwarded", doomed, got, sent)
+	}
+
+	if err := d2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d2.done:
+		if err != nil {
+			b, _ := os.ReadFile(logPath)
+			t.Errorf("daemon exit after SIGTERM: %v\n%s", err, b)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon still running 20 s after SIGTERM")
+	}
+	if n := xdpLinks(); n != 0 {
+		t.Errorf("after SIGTERM %d interfaces still have XDP", n)
+	}
+	for _, p := range []string{pins, sock} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", p, err)
+		}
+	}
+}
