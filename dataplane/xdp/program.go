@@ -3,10 +3,10 @@ package xdp
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -262,13 +262,13 @@ func (p *Program) Attach(ifindex int, e Engine, o AttachOptions) error {
 		// could detach) keeps forwarding: take it over by swapping in this
 		// program, atomically, instead of detaching it.
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			if err := l.Update(p.objs.XdpRouter); err == nil {
+			err := l.Update(p.objs.XdpRouter)
+			if err == nil {
 				p.links[ifindex] = l
 				slog.Info("took over the XDP attachment of an earlier process", "ifindex", ifindex)
 				return nil
-			} else {
-				slog.Warn("stale XDP attachment pin, replacing it", "pin", pin, "err", err)
 			}
+			slog.Warn("stale XDP attachment pin, replacing it", "pin", pin, "err", err)
 			_ = l.Unpin()
 			l.Close()
 		}
