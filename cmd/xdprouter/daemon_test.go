@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/control/daemon"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
 	"github.com/xdprouter/xdprouter/internal/testutil"
 	"github.com/xdprouter/xdprouter/lab"
 )
@@ -111,12 +113,13 @@ interfaces:
   - {name: %s, engine: xdp}
   - {name: %s, engine: afxdp}
   - {name: %s, engine: pass}
-cpus: [0, %d]
+affinity: true
+housekeeping_cpus: [0]
 metrics: "off"
 control_socket: %s
 pin_path: %s
 fib: {groups4: 64, groups6: 64, nexthops: 64}
-`, l.RouterNS, l.Ingress[0].B.Name, l.Ingress[1].B.Name, l.Egress.A.Name, 1%runtime.NumCPU(), sock, pins)
+`, l.RouterNS, l.Ingress[0].B.Name, l.Ingress[1].B.Name, l.Egress.A.Name, sock, pins)
 	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -165,8 +168,10 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		return strings.Count(string(out), "prog/xdp")
 	}
 
+	knobs0 := queueKnobs(t, l)
 	logPath := filepath.Join(dir, "daemon.log")
 	d1 := startDaemon(t, config, sock, logPath)
+	checkAffinity(t, l, sock, d1.cmd.Process.Pid)
 	if sent, got := send(labDst, 20000); got != sent {
 		t.Fatalf("first daemon: sink matched %d of %d", got, sent)
 	}
@@ -190,6 +195,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	ip("route", "del", doomed.String())
 
 	d2 := startDaemon(t, config, sock, logPath)
+	checkAffinity(t, l, sock, d2.cmd.Process.Pid)
 	out, err := run("status", "--socket", sock, "--json")
 	if err != nil {
 		t.Fatal(err)
@@ -220,9 +226,97 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if n := xdpLinks(); n != 0 {
 		t.Errorf("after SIGTERM %d interfaces still have XDP", n)
 	}
-	for _, p := range []string{pins, sock} {
+	if knobs := queueKnobs(t, l); !maps.Equal(knobs, knobs0) {
+		t.Errorf("XPS/RPS after stop:\n%v\nbefore start:\n%v", knobs, knobs0)
+	}
+	for _, p := range []string{pins, sock, filepath.Join(dir, "affinity-record.json")} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left behind: %v", p, err)
 		}
+	}
+}
+
+// queueKnobs reads the XPS and RPS masks of every queue of the router's
+// interfaces.
+func queueKnobs(t *testing.T, l *lab.Lab) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := netnsrun.DoSysfs(l.RouterNS, func() error {
+		for _, name := range []string{l.Ingress[0].B.Name, l.Ingress[1].B.Name, l.Egress.A.Name} {
+			for q := range l.Queues {
+				for _, p := range []string{
+					fmt.Sprintf("/sys/class/net/%s/queues/rx-%d/rps_cpus", name, q),
+					fmt.Sprintf("/sys/class/net/%s/queues/tx-%d/xps_cpus", name, q),
+				} {
+					b, err := os.ReadFile(p)
+					if err != nil {
+						return err
+					}
+					out[p] = strings.TrimSpace(string(b))
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// checkAffinity checks a daemon started with affinity and housekeeping
+// CPU 0 on a 2-CPU machine: the plan puts every queue's XPS on CPU 1 and
+// both workers there, the daemon's worker threads run on CPU 1 and every
+// other thread on CPU 0.
+func checkAffinity(t *testing.T, l *lab.Lab, sock string, pid int) {
+	t.Helper()
+	if runtime.NumCPU() != 2 {
+		t.Logf("affinity checks assume 2 CPUs, this machine has %d", runtime.NumCPU())
+		return
+	}
+	out, err := run("status", "--socket", sock, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st daemon.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(st.WorkerCPUs) != "[1 1]" || fmt.Sprint(st.Housekeeping) != "[0]" || len(st.Affinity) == 0 {
+		t.Errorf("status: worker cpus %v, housekeeping %v, affinity %v; want [1 1], [0] and the plan's writes",
+			st.WorkerCPUs, st.Housekeeping, st.Affinity)
+	}
+	k := queueKnobs(t, l)
+	for _, name := range []string{"eth1", "eth2", "eth3"} {
+		for q := range 2 {
+			if v := k[fmt.Sprintf("/sys/class/net/%s/queues/tx-%d/xps_cpus", name, q)]; v != "2" {
+				t.Errorf("%s tx-%d xps_cpus = %q, want 2 (cpu1)", name, q, v)
+			}
+		}
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	onWorker := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+				switch strings.TrimSpace(v) {
+				case "0":
+				case "1":
+					onWorker++
+				default:
+					t.Errorf("daemon thread %s may run on cpus %s: want 0 (housekeeping) or 1 (a worker)", task.Name(), v)
+				}
+			}
+		}
+	}
+	if onWorker != 2 {
+		t.Errorf("%d daemon threads on cpu 1, want the 2 workers", onWorker)
 	}
 }

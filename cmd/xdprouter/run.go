@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -104,6 +105,16 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintf(w, "up %s (since %s), table %d, %d AF_XDP workers, warm start %v\n", s.Uptime, s.Started.Format(time.RFC3339), s.Table, s.Workers, s.WarmStart)
 			for _, i := range s.Interfaces {
 				fmt.Fprintf(w, "%-16s ifindex %-4d engine %s\n", i.Name, i.Ifindex, i.Engine)
+			}
+			if len(s.WorkerCPUs) > 0 {
+				fmt.Fprintf(w, "AF_XDP worker q on cpu: %v", s.WorkerCPUs)
+				if len(s.Housekeeping) > 0 {
+					fmt.Fprintf(w, ", housekeeping on cpus %v", s.Housekeeping)
+				}
+				fmt.Fprintln(w)
+			}
+			if len(s.Affinity) > 0 {
+				fmt.Fprintf(w, "affinity applied (restored at stop):\n  %s\n", strings.Join(s.Affinity, "\n  "))
 			}
 			m := s.Mirror
 			fmt.Fprintf(w, "mirror: %d routes, %d FIB entries, %d nexthops, %d neighbours; %d events, %d resyncs, %d errors\n",

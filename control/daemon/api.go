@@ -23,8 +23,13 @@ type Status struct {
 	Interfaces []InterfaceStatus `json:"interfaces"`
 	Workers    int               `json:"afxdp_workers"`
 	WarmStart  bool              `json:"warm_start"` // FIB reused from bpffs pins
-	FIB        fib.Stats         `json:"fib"`
-	Mirror     netlink.Stats     `json:"mirror"`
+	// WorkerCPUs are the AF_XDP workers' CPUs, worker q on WorkerCPUs[q].
+	WorkerCPUs   []int `json:"worker_cpus,omitempty"`
+	Housekeeping []int `json:"housekeeping_cpus,omitempty"`
+	// Affinity lists what the applied affinity plan changed.
+	Affinity []string      `json:"affinity,omitempty"`
+	FIB      fib.Stats     `json:"fib"`
+	Mirror   netlink.Stats `json:"mirror"`
 }
 
 // InterfaceStatus is one port.
@@ -54,6 +59,11 @@ func (d *Daemon) Status() Status {
 	}
 	if d.eng != nil {
 		s.Workers = d.eng.Workers()
+		s.WorkerCPUs = d.cfg.CPUs
+	}
+	s.Housekeeping = d.cfg.Housekeeping
+	for _, w := range d.affinity {
+		s.Affinity = append(s.Affinity, w.What)
 	}
 	if d.table != nil {
 		s.FIB = d.table.Stats()

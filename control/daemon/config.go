@@ -36,6 +36,11 @@ type Config struct {
 	// Housekeeping CPUs run the control plane (netlink, metrics); they
 	// must not be worker CPUs.
 	Housekeeping []int `yaml:"housekeeping_cpus"`
+	// Affinity applies xdprouter's affinity plan at start (queue q of
+	// every interface, its IRQ and XPS on one CPU, RPS off, housekeeping
+	// CPUs left out; workers on the plan's CPUs when cpus is empty) and
+	// restores what it changed at stop.
+	Affinity bool `yaml:"affinity"`
 	// Queues is the number of AF_XDP workers (default: the fewest queues
 	// of the afxdp interfaces).
 	Queues int `yaml:"queues"`

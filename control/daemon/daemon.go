@@ -14,7 +14,9 @@ import (
 	"time"
 
 	vnl "github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/control/netlink"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
@@ -36,6 +38,10 @@ type Daemon struct {
 	bg      sync.WaitGroup
 	servers []*http.Server
 	warm    bool // the FIB came back from pins: forwarded before the first sync
+	// affinity is what the applied affinity plan wrote (Restore's record);
+	// oldMask the process's CPU mask before housekeeping pinned it.
+	affinity []affinity.Write
+	oldMask  *unix.CPUSet
 }
 
 // Start brings the router up: program in pass on every interface, FIB
@@ -54,6 +60,20 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	}()
 	if err := d.resolve(cfg); err != nil {
 		return nil, err
+	}
+	// 0. The control plane on the housekeeping CPUs, the queues on theirs.
+	if d.oldMask, err = pinHousekeeping(cfg.Housekeeping); err != nil {
+		return nil, err
+	}
+	if cfg.Affinity {
+		workers, err := d.applyAffinity(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if len(cfg.CPUs) == 0 {
+			cfg.CPUs = workers
+			d.cfg.CPUs = workers
+		}
 	}
 	fc := fib.Config{Groups4: cfg.FIB.Groups4, Groups6: cfg.FIB.Groups6, Nexthops: cfg.FIB.Nexthops}
 	if cfg.PinPath != "" {
@@ -242,11 +262,15 @@ func (d *Daemon) Reload(cfg Config) error {
 		errs = append(errs, errors.New("interfaces: the set of interfaces changed: restart the daemon"))
 	}
 	if cfg.Namespace != d.cfg.Namespace || cfg.Table != d.cfg.Table || cfg.Metrics != d.cfg.Metrics ||
-		cfg.Control != d.cfg.Control || cfg.PinPath != d.cfg.PinPath || cfg.FIB != d.cfg.FIB {
-		errs = append(errs, errors.New("namespace, table, metrics, control_socket, pin_path and fib need a restart"))
+		cfg.Control != d.cfg.Control || cfg.PinPath != d.cfg.PinPath || cfg.FIB != d.cfg.FIB ||
+		cfg.Affinity != d.cfg.Affinity || !slices.Equal(cfg.Housekeeping, d.cfg.Housekeeping) {
+		errs = append(errs, errors.New("namespace, table, metrics, control_socket, pin_path, fib, affinity and housekeeping_cpus need a restart"))
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if d.cfg.Affinity && len(cfg.CPUs) == 0 {
+		cfg.CPUs = d.cfg.CPUs // the plan's, chosen at start
 	}
 	old := d.cfg
 	if err := d.applyEngines(&old, cfg); err != nil {
@@ -314,6 +338,11 @@ func (d *Daemon) Stop() error {
 		}
 		errs = append(errs, d.table.Close())
 		d.table = nil
+	}
+	errs = append(errs, d.restoreAffinity())
+	if d.oldMask != nil {
+		errs = append(errs, setAllThreads(d.oldMask))
+		d.oldMask = nil
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,165 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xdprouter/xdprouter/control/affinity"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
+)
+
+// affinityRecord is where the writes of an applied plan are kept until
+// the daemon restores them: a daemon killed before it could restore
+// leaves the file, and the next start restores it first.
+func (c Config) affinityRecord() string {
+	return filepath.Join(filepath.Dir(c.Control), "affinity-record.json")
+}
+
+// inSysfs runs fn with root "/" showing the config's namespace's
+// interfaces in /sys.
+func inSysfs(ns string, fn func(root string) error) error {
+	if ns == "" {
+		return fn("/")
+	}
+	return netnsrun.DoSysfs(ns, func() error { return fn("/") })
+}
+
+// applyAffinity plans the configured interfaces onto CPUs (queue q, its
+// IRQ and XPS on one CPU, RPS off, housekeeping CPUs left out), applies
+// the plan, records it, and returns the worker CPUs the plan chose.
+func (d *Daemon) applyAffinity(cfg Config) ([]int, error) {
+	path := cfg.affinityRecord()
+	if old, err := affinity.LoadRecord(path); err == nil {
+		err := inSysfs(cfg.Namespace, func(root string) error { return affinity.Restore(root, old) })
+		if err != nil {
+			return nil, fmt.Errorf("restore the affinity a killed daemon left (%s): %w", path, err)
+		}
+		_ = os.Remove(path)
+		slog.Info("restored the affinity a killed daemon applied", "writes", len(old))
+	}
+	var workers []int
+	err := inSysfs(cfg.Namespace, func(root string) error {
+		h, err := affinity.Discover(root)
+		if err != nil {
+			return err
+		}
+		var ifs []*affinity.Iface
+		for _, ifc := range cfg.Interfaces {
+			i, err := h.Iface(ifc.Name)
+			if err != nil {
+				return fmt.Errorf("affinity: %w", err)
+			}
+			ifs = append(ifs, i)
+		}
+		p, err := affinity.MakePlan(h, ifs, affinity.PlanOptions{CPUs: cfg.CPUs, Housekeeping: cfg.Housekeeping})
+		if err != nil {
+			return fmt.Errorf("affinity plan: %w", err)
+		}
+		for _, n := range p.Notes {
+			slog.Warn("affinity", "note", n)
+		}
+		ws, err := p.Writes(h, ifs)
+		if err != nil {
+			return err
+		}
+		// The record goes to disk before the first write, so a crash in
+		// between still leaves what restores the host.
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := affinity.SaveRecord(path, ws); err != nil {
+			return fmt.Errorf("save affinity record: %w", err)
+		}
+		done, err := affinity.Apply(root, ws)
+		if err != nil {
+			_ = os.Remove(path)
+			return err
+		}
+		d.affinity = done
+		for q := range cfg.queues(p) {
+			workers = append(workers, p.WorkerCPU(q))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range d.affinity {
+		slog.Info("affinity applied", "what", w.What)
+	}
+	return workers, nil
+}
+
+// restoreAffinity puts back what applyAffinity changed.
+func (d *Daemon) restoreAffinity() error {
+	if len(d.affinity) == 0 {
+		return nil
+	}
+	err := inSysfs(d.cfg.Namespace, func(root string) error { return affinity.Restore(root, d.affinity) })
+	if err == nil {
+		d.affinity = nil
+		_ = os.Remove(d.cfg.affinityRecord())
+	}
+	return err
+}
+
+// queues is how many workers the plan has to place: the configured count,
+// or the fewest queues of the planned interfaces.
+func (c Config) queues(p *affinity.Plan) int {
+	if c.Queues > 0 {
+		return c.Queues
+	}
+	n := 0
+	for _, ip := range p.Ifaces {
+		if n == 0 || ip.Queues < n {
+			n = ip.Queues
+		}
+	}
+	return n
+}
+
+// pinHousekeeping moves every thread of the process to the housekeeping
+// CPUs (threads started later inherit it; the AF_XDP workers pin
+// themselves) and returns the mask to restore.
+func pinHousekeeping(cpus []int) (*unix.CPUSet, error) {
+	if len(cpus) == 0 {
+		return nil, nil
+	}
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return nil, fmt.Errorf("housekeeping: %w", err)
+	}
+	var set unix.CPUSet
+	for _, c := range cpus {
+		set.Set(c)
+	}
+	if err := setAllThreads(&set); err != nil {
+		_ = setAllThreads(&old)
+		return nil, fmt.Errorf("housekeeping_cpus %s: %w", affinity.FormatList(cpus), err)
+	}
+	return &old, nil
+}
+
+func setAllThreads(set *unix.CPUSet) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, set); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("thread %d: %w", tid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
