@@ -207,6 +207,32 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if sent, got := send(labDst, 20000); got != sent {
 		t.Errorf("restarted daemon: sink matched %d of %d", got, sent)
 	}
+	// The afxdp interface flaps: its workers forward again afterwards (on
+	// veth the sockets survive a flap; the daemon also runs engine.Watch,
+	// which rebuilds them where they do not).
+	ip("link", "set", l.Ingress[1].B.Name, "down")
+	time.Sleep(200 * time.Millisecond)
+	ip("link", "set", l.Ingress[1].B.Name, "up")
+	time.Sleep(2 * time.Second) // the sockets are rebuilt after the link is up again
+	workerFwd := func() uint64 {
+		var st daemon.Stats
+		if err := get(sock, "/stats", &st); err != nil {
+			t.Fatal(err)
+		}
+		n := uint64(0)
+		for _, w := range st.Workers {
+			n += w.Forwarded
+		}
+		return n
+	}
+	w0 := workerFwd()
+	if sent, got := send(labDst, 20000); got != sent {
+		b, _ := os.ReadFile(logPath)
+		t.Errorf("after a flap of the afxdp interface: sink matched %d of %d\n%s", got, sent, b)
+	}
+	if n := workerFwd() - w0; n < 5000 {
+		t.Errorf("after a flap of the afxdp interface the workers forwarded %d of its ~10000 frames", n)
+	}
 	if sent, got := send(doomed, 5000); got != 0 {
 		t.Errorf("route %s deleted while no daemon ran: %d of %d frames still forwarded", doomed, got, sent)
 	}

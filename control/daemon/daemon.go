@@ -42,6 +42,38 @@ type Daemon struct {
 	// oldMask the process's CPU mask before housekeeping pinned it.
 	affinity []affinity.Write
 	oldMask  *unix.CPUSet
+	// stopWatch ends the engine's link watch (rebuilds after a link
+	// flap or a channel change) and waits for it.
+	stopWatch func()
+}
+
+// stopEngine ends the engine's watch, then the engine.
+func (d *Daemon) stopEngine() error {
+	if d.stopWatch != nil {
+		d.stopWatch()
+		d.stopWatch = nil
+	}
+	if d.eng == nil {
+		return nil
+	}
+	err := d.eng.Stop()
+	d.eng = nil
+	return err
+}
+
+// watchEngine rebuilds the engine's sockets on an interface that comes
+// back up or changes its queue count, until stopEngine.
+func (d *Daemon) watchEngine() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	eng := d.eng
+	go func() {
+		defer close(done)
+		if err := eng.Watch(ctx); err != nil && ctx.Err() == nil {
+			slog.Error("AF_XDP link watch stopped", "err", err)
+		}
+	}()
+	d.stopWatch = func() { cancel(); <-done }
 }
 
 // Start brings the router up: program in pass on every interface, FIB
@@ -200,11 +232,8 @@ func (d *Daemon) applyEngines(old *Config, cfg Config) error {
 	restart := old == nil || !slices.Equal(afxdpNames(*old), afxdpNames(cfg)) ||
 		!slices.Equal(old.CPUs, cfg.CPUs) || old.Queues != cfg.Queues || old.Socket != cfg.Socket || old.Spin != cfg.Spin
 	if restart {
-		if d.eng != nil {
-			if err := d.eng.Stop(); err != nil {
-				slog.Warn("stop AF_XDP engine", "err", err)
-			}
-			d.eng = nil
+		if err := d.stopEngine(); err != nil {
+			slog.Warn("stop AF_XDP engine", "err", err)
 		}
 		if len(afxdp) > 0 {
 			eng, err := engine.Start(engine.Config{Namespace: cfg.Namespace, Program: d.prog, Table: d.table,
@@ -214,6 +243,7 @@ func (d *Daemon) applyEngines(old *Config, cfg Config) error {
 				return fmt.Errorf("start AF_XDP engine: %w", err)
 			}
 			d.eng = eng
+			d.watchEngine()
 		}
 	}
 	for _, ifc := range cfg.Interfaces {
@@ -300,10 +330,7 @@ func (d *Daemon) Stop() error {
 			_ = d.prog.SetEngine(i, xdp.EnginePass)
 		}
 	}
-	if d.eng != nil {
-		errs = append(errs, d.eng.Stop())
-		d.eng = nil
-	}
+	errs = append(errs, d.stopEngine())
 	if d.cancel != nil {
 		d.cancel()
 		d.bg.Wait()
