@@ -236,6 +236,28 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if sent, got := send(doomed, 5000); got != 0 {
 		t.Errorf("route %s deleted while no daemon ran: %d of %d frames still forwarded", doomed, got, sent)
 	}
+	// routes and routes --check answered by the daemon's live mirror.
+	out, err = run("routes", "--socket", sock, "--json")
+	if err != nil {
+		t.Fatalf("routes: %v\n%s", err, out)
+	}
+	var rr daemon.RoutesReply
+	if err := json.Unmarshal([]byte(out), &rr); err != nil {
+		t.Fatalf("routes --json: %v\n%s", err, out)
+	}
+	hasLab := false
+	for _, e := range rr.Routes {
+		if e.Prefix == doomed {
+			t.Errorf("the daemon's FIB still lists %s", doomed)
+		}
+		hasLab = hasLab || e.Prefix == l.RouteV4
+	}
+	if !hasLab || rr.Stats.Routes == 0 {
+		t.Errorf("the daemon's routes lack %s: %s", l.RouteV4, out)
+	}
+	if out, err := run("routes", "--socket", sock, "--check", "--all"); err != nil || !strings.Contains(out, "0 differences") {
+		t.Errorf("routes --check against the daemon: %v\n%s", err, out)
+	}
 
 	if err := d2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

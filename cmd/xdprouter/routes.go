@@ -2,13 +2,16 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/xdprouter/xdprouter/control/daemon"
 	"github.com/xdprouter/xdprouter/control/netlink"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 )
@@ -19,6 +22,8 @@ func newRoutesCmd() *cobra.Command {
 		table, sample int
 		asJSON, check bool
 		checkAll      bool
+		local         bool
+		sock          string
 	)
 	cmd := &cobra.Command{
 		Use:   "routes",
@@ -33,8 +38,9 @@ resolved neighbour entry on a served interface) are marked "host".
 Types: nexthop/ecmp are forwarded by the dataplane; kernel, none,
 unreachable, prohibit and local go to the Linux stack; blackhole drops.
 
-Until the daemon runs (it will answer this command from its live
-mirror), this mirrors the namespace once into a fresh FIB.
+When the daemon runs (its --socket exists) it answers from its live
+mirror, the FIB it forwards with; with --netns, --table or --local, or
+without a daemon, this mirrors the namespace once into a fresh FIB.
 
 With --check it compares, for each mirrored prefix, the FIB's answer
 with the kernel's own lookup ('ip route get'), prints the differences
@@ -43,49 +49,61 @@ and exits 1 if there are any.`,
   ip netns exec ROUTER xdprouter routes --json
   xdprouter routes -n xdpl-lab-rtr --check --all`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			tb, err := fib.New(fib.Config{})
-			if err != nil {
-				return err
-			}
-			defer tb.Close()
-			m, err := netlink.New(tb, netlink.Config{Namespace: ns, Table: table})
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			if err := m.Sync(); err != nil {
-				return err
-			}
 			w := cmd.OutOrStdout()
-			entries := m.Entries()
-			st := m.Stats()
+			var entries []netlink.Entry
+			var st netlink.Stats
+			var checkFn func(ps []netip.Prefix) ([]netlink.Difference, error)
+			_, statErr := os.Stat(sock)
+			if !local && ns == "" && !cmd.Flags().Changed("table") && statErr == nil {
+				// The running daemon's live mirror.
+				var rep daemon.RoutesReply
+				if err := get(sock, "/routes", &rep); err != nil {
+					return err
+				}
+				entries, st = rep.Routes, rep.Stats
+				if check {
+					n := sample
+					if checkAll {
+						n = 0
+					}
+					var cr daemon.CheckReply
+					if err := get(sock, fmt.Sprintf("/routes/check?sample=%d", n), &cr); err != nil {
+						return err
+					}
+					return printCheck(w, asJSON, cr)
+				}
+			} else {
+				tb, err := fib.New(fib.Config{})
+				if err != nil {
+					return err
+				}
+				defer tb.Close()
+				m, err := netlink.New(tb, netlink.Config{Namespace: ns, Table: table})
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				if err := m.Sync(); err != nil {
+					return err
+				}
+				entries, st, checkFn = m.Entries(), m.Stats(), m.Check
+			}
 			if check {
 				var ps []netip.Prefix
 				for _, e := range entries {
 					ps = append(ps, e.Prefix)
 				}
+				cr := daemon.CheckReply{Of: len(ps)}
 				if !checkAll && len(ps) > sample {
 					rand.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
 					ps = ps[:sample]
 				}
-				diffs, err := m.Check(ps)
-				if err != nil {
+				cr.Checked = len(ps)
+				var err error
+				if cr.Differences, err = checkFn(ps); err != nil {
 					return err
 				}
-				if asJSON {
-					if err := writeJSON(w, map[string]any{"checked": len(ps), "differences": diffs}); err != nil {
-						return err
-					}
-				} else {
-					for _, d := range diffs {
-						fmt.Fprintf(w, "%s: kernel %s, fib %s\n", d.Addr, d.Kernel, d.FIB)
-					}
-					fmt.Fprintf(w, "checked %d of %d prefixes against the kernel: %d differences\n", len(ps), len(entries), len(diffs))
-				}
-				if len(diffs) > 0 {
-					return exitError{1, fmt.Sprintf("%d prefixes differ from the kernel", len(diffs))}
-				}
-				return nil
+				return printCheck(w, asJSON, cr)
 			}
 			if asJSON {
 				return writeJSON(w, map[string]any{"routes": entries, "stats": st})
@@ -121,6 +139,27 @@ and exits 1 if there are any.`,
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.BoolVar(&check, "check", false, "compare the FIB with the kernel's route lookups; exit 1 on differences")
 	f.IntVar(&sample, "sample", 10000, "with --check: prefixes to check, drawn at random")
+	f.StringVar(&sock, "socket", daemon.DefaultControl, "the daemon's operator socket: when it exists (and neither --netns nor --table is given) the daemon's live mirror answers")
+	f.BoolVar(&local, "local", false, "mirror the kernel into a fresh FIB here even when a daemon runs")
 	f.BoolVar(&checkAll, "all", false, "with --check: check every prefix")
 	return cmd
+}
+
+// printCheck prints a route check's differences and fails with exit
+// code 1 when there are any.
+func printCheck(w io.Writer, asJSON bool, cr daemon.CheckReply) error {
+	if asJSON {
+		if err := writeJSON(w, map[string]any{"checked": cr.Checked, "of": cr.Of, "differences": cr.Differences}); err != nil {
+			return err
+		}
+	} else {
+		for _, d := range cr.Differences {
+			fmt.Fprintf(w, "%s: kernel %s, fib %s\n", d.Addr, d.Kernel, d.FIB)
+		}
+		fmt.Fprintf(w, "checked %d of %d prefixes against the kernel: %d differences\n", cr.Checked, cr.Of, len(cr.Differences))
+	}
+	if len(cr.Differences) > 0 {
+		return exitError{1, fmt.Sprintf("%d prefixes differ from the kernel", len(cr.Differences))}
+	}
+	return nil
 }

@@ -1,11 +1,16 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/xdprouter/xdprouter/control/netlink"
@@ -103,11 +108,78 @@ func (d *Daemon) handler() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, d.Status()) })
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, d.Stats()) })
+	mux.HandleFunc("GET /routes", func(w http.ResponseWriter, r *http.Request) {
+		var out RoutesReply
+		err := d.mirrorCall(r.Context(), func(m *netlink.Mirror) error {
+			out.Routes, out.Stats = m.Entries(), m.Stats()
+			return nil
+		})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, out)
+	})
+	mux.HandleFunc("GET /routes/check", func(w http.ResponseWriter, r *http.Request) {
+		sample, _ := strconv.Atoi(r.URL.Query().Get("sample"))
+		var out CheckReply
+		err := d.mirrorCall(r.Context(), func(m *netlink.Mirror) error {
+			var ps []netip.Prefix
+			for _, e := range m.Entries() {
+				ps = append(ps, e.Prefix)
+			}
+			out.Of = len(ps)
+			if sample > 0 && len(ps) > sample {
+				rand.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
+				ps = ps[:sample]
+			}
+			out.Checked = len(ps)
+			var err error
+			out.Differences, err = m.Check(ps)
+			return err
+		})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, out)
+	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		WriteMetrics(w, d.Stats(), d.Status())
 	})
 	return mux
+}
+
+// RoutesReply is /routes: the FIB as the daemon's mirror installed it.
+type RoutesReply struct {
+	Routes []netlink.Entry `json:"routes"`
+	Stats  netlink.Stats   `json:"stats"`
+}
+
+// CheckReply is /routes/check: the FIB's answers that differ from the
+// kernel's own lookups, over Checked of Of prefixes.
+type CheckReply struct {
+	Checked     int                  `json:"checked"`
+	Of          int                  `json:"of"`
+	Differences []netlink.Difference `json:"differences"`
+}
+
+// mirrorCall runs fn on the mirror's goroutine (at most 30 s of waiting).
+func (d *Daemon) mirrorCall(ctx context.Context, fn func(*netlink.Mirror) error) error {
+	d.mu.Lock()
+	m := d.mirror
+	d.mu.Unlock()
+	if m == nil {
+		return errors.New("the netlink mirror is not running")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var ferr error
+	if err := m.Call(ctx, func() { ferr = fn(m) }); err != nil {
+		return err
+	}
+	return ferr
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -102,6 +102,7 @@ type Mirror struct {
 	ecmpIDs    idPool
 	managed    map[nhKey]bool
 	resync     chan struct{}
+	calls      chan func() // run on the loop between notifications (Call)
 }
 
 // New creates a mirror writing into table.
@@ -112,7 +113,7 @@ func New(table *fib.Table, cfg Config) (*Mirror, error) {
 	if cfg.ReceiveBuffer == 0 {
 		cfg.ReceiveBuffer = 64 << 20
 	}
-	m := &Mirror{cfg: cfg, table: table, resync: make(chan struct{}, 1)}
+	m := &Mirror{cfg: cfg, table: table, resync: make(chan struct{}, 1), calls: make(chan func())}
 	m.reset()
 	var err error
 	if cfg.Namespace != "" {
@@ -193,6 +194,20 @@ func (m *Mirror) Run(ctx context.Context) error {
 	return nil
 }
 
+// Call runs fn on the goroutine that runs the mirror, between two
+// notifications, so fn may use Entries and Check while Run follows the
+// kernel. It fails when Run does not take fn before ctx ends.
+func (m *Mirror) Call(ctx context.Context, fn func()) error {
+	done := make(chan struct{})
+	select {
+	case m.calls <- func() { fn(); close(done) }:
+	case <-ctx.Done():
+		return fmt.Errorf("netlink mirror busy or not running: %w", ctx.Err())
+	}
+	<-done
+	return nil
+}
+
 // round subscribes, dumps, and follows notifications until ctx ends (nil)
 // or a subscription fails (nil too: Run starts another round). It returns
 // an error only when it cannot subscribe or dump at all.
@@ -238,6 +253,8 @@ func (m *Mirror) round(ctx context.Context) error {
 			return nil
 		case <-failed:
 			return nil
+		case fn := <-m.calls:
+			fn()
 		case <-m.resync:
 			if err := m.Sync(); err != nil {
 				return err
