@@ -115,6 +115,11 @@ func ParseConfig(b []byte) (Config, error) {
 }
 
 func (c Config) withDefaults() Config {
+	// The daemon keeps its own copy: a caller editing its slices for the
+	// next Reload must not change the running config behind its back.
+	c.Interfaces = slices.Clone(c.Interfaces)
+	c.CPUs = slices.Clone(c.CPUs)
+	c.Housekeeping = slices.Clone(c.Housekeeping)
 	if c.Table == 0 {
 		c.Table = 254
 	}

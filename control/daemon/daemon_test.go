@@ -164,8 +164,10 @@ func TestDaemonLab(t *testing.T) {
 	done := make(chan gen.Result, 1)
 	go func() { done <- send(100000) }()
 	time.Sleep(500 * time.Millisecond)
+	// Edit the caller's own config in place, as the demo does: the daemon
+	// must have kept a copy, or it would see no change to apply.
 	cfg2 := cfg
-	cfg2.Interfaces = []Interface{{Name: e1, Engine: "xdp"}, {Name: e2, Engine: "afxdp"}, {Name: l.Egress.A.Name, Engine: "pass"}}
+	cfg2.Interfaces[0].Engine, cfg2.Interfaces[1].Engine = "xdp", "afxdp"
 	if err := d.Reload(cfg2); err != nil {
 		t.Fatal(err)
 	}
