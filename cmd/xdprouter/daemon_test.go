@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,12 +44,27 @@ type daemonProc struct {
 
 func startDaemon(t *testing.T, config, sock, logPath string) *daemonProc {
 	t.Helper()
+	return startDaemonUnder(t, nil, config, sock, logPath)
+}
+
+// daemonCommand is `xdprouter run --config config`, run through wrapper
+// (e.g. ip netns exec, setpriv) when given.
+func daemonCommand(wrapper []string, config string) *exec.Cmd {
+	argv := append(slices.Clone(wrapper), os.Args[0], "run", "--config", config)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "XDPROUTER_TEST_MAIN=1")
+	return cmd
+}
+
+// startDaemonUnder starts the daemon through wrapper and waits until its
+// operator socket answers.
+func startDaemonUnder(t *testing.T, wrapper []string, config, sock, logPath string) *daemonProc {
+	t.Helper()
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "run", "--config", config)
-	cmd.Env = append(os.Environ(), "XDPROUTER_TEST_MAIN=1")
+	cmd := daemonCommand(wrapper, config)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -277,7 +293,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if knobs := queueKnobs(t, l); !maps.Equal(knobs, knobs0) {
 		t.Errorf("XPS/RPS after stop:\n%v\nbefore start:\n%v", knobs, knobs0)
 	}
-	for _, p := range []string{pins, sock, filepath.Join(dir, "affinity-record.json")} {
+	for _, p := range []string{pins, sock, sock + ".lock", filepath.Join(dir, "affinity-record.json")} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left behind: %v", p, err)
 		}

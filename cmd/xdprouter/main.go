@@ -53,7 +53,10 @@ mirrored from the kernel's routing table over netlink, so FRR, BIRD or
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return rlimit.RemoveMemlock()
+			if err := rlimit.RemoveMemlock(); err != nil {
+				return fmt.Errorf("lift RLIMIT_MEMLOCK for BPF maps (the probe of the kernel's memory accounting needs CAP_BPF; before Linux 5.11 the lift needs CAP_SYS_RESOURCE): %w", err)
+			}
+			return nil
 		},
 	}
 	root.AddCommand(newRunCmd(), newStatusCmd(), newStatsCmd(), newRoutesCmd(), newAffinityCmd(), newCheckCmd())

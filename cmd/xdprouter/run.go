@@ -102,7 +102,7 @@ func newStatusCmd() *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), s)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "up %s (since %s), table %d, %d AF_XDP workers, warm start %v\n", s.Uptime, s.Started.Format(time.RFC3339), s.Table, s.Workers, s.WarmStart)
+			fmt.Fprintf(w, "pid %d, up %s (since %s), table %d, %d AF_XDP workers, warm start %v\n", s.PID, s.Uptime, s.Started.Format(time.RFC3339), s.Table, s.Workers, s.WarmStart)
 			for _, i := range s.Interfaces {
 				fmt.Fprintf(w, "%-16s ifindex %-4d engine %s\n", i.Name, i.Ifindex, i.Engine)
 			}

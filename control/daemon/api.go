@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
+	"os"
 	"sort"
 	"strconv"
 	"time"
@@ -21,6 +22,7 @@ import (
 
 // Status is what `xdprouter status` shows.
 type Status struct {
+	PID        int               `json:"pid"`
 	Started    time.Time         `json:"started"`
 	Uptime     string            `json:"uptime"`
 	Namespace  string            `json:"namespace,omitempty"`
@@ -57,7 +59,7 @@ type Stats struct {
 func (d *Daemon) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := Status{Started: d.started, Uptime: time.Since(d.started).Round(time.Second).String(),
+	s := Status{PID: os.Getpid(), Started: d.started, Uptime: time.Since(d.started).Round(time.Second).String(),
 		Namespace: d.cfg.Namespace, Table: d.cfg.Table, WarmStart: d.warm}
 	for _, ifc := range d.cfg.Interfaces {
 		s.Interfaces = append(s.Interfaces, InterfaceStatus{Name: ifc.Name, Ifindex: d.ifindex[ifc.Name], Engine: ifc.Engine})

@@ -45,6 +45,7 @@ type Daemon struct {
 	// stopWatch ends the engine's link watch (rebuilds after a link
 	// flap or a channel change) and waits for it.
 	stopWatch func()
+	lock      *instanceLock
 }
 
 // stopEngine ends the engine's watch, then the engine.
@@ -84,10 +85,18 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d = &Daemon{cfg: cfg, started: time.Now(), ifindex: map[string]int{}}
+	lock, err := lockInstance(cfg.Control)
+	if err != nil {
+		return nil, err // touch nothing: it belongs to the running daemon
+	}
+	self := &Daemon{cfg: cfg, started: time.Now(), ifindex: map[string]int{}, lock: lock}
+	d = self
 	defer func() {
 		if err != nil {
-			_ = d.Stop()
+			// Undo on the daemon built so far (d itself is nil by now).
+			if serr := self.Stop(); serr != nil {
+				slog.Warn("undo a failed start", "err", serr)
+			}
 		}
 	}()
 	if err := d.resolve(cfg); err != nil {
@@ -371,6 +380,8 @@ func (d *Daemon) Stop() error {
 		errs = append(errs, setAllThreads(d.oldMask))
 		d.oldMask = nil
 	}
+	d.lock.release()
+	d.lock = nil
 	return errors.Join(errs...)
 }
 

@@ -124,6 +124,14 @@ func TestDaemonLab(t *testing.T) {
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("control socket: %v, mode %v; want 0600", err, fi.Mode().Perm())
 	}
+	// A second daemon with the same control socket refuses to start and
+	// leaves the first one's socket, program and workers alone.
+	if d2, err := Start(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "another xdprouter") {
+		if d2 != nil {
+			d2.Stop()
+		}
+		t.Fatalf("second Start with the same control socket: %v, want refused", err)
+	}
 	sk, err := sink.Attach(l.SinkNS, []string{l.Egress.B.Name}, sink.DefaultPort)
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +196,9 @@ func TestDaemonLab(t *testing.T) {
 	if strings.Contains(string(out), "prog/xdp") {
 		t.Errorf("XDP left on the router's interfaces:\n%s", out)
 	}
-	if _, err := os.Stat(sock); !os.IsNotExist(err) {
-		t.Errorf("control socket left: %v", err)
+	for _, p := range []string{sock, sock + ".lock"} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left: %v", p, err)
+		}
 	}
 }

@@ -120,11 +120,13 @@ func New(table *fib.Table, cfg Config) (*Mirror, error) {
 		if m.ns, err = netns.GetFromName(cfg.Namespace); err != nil {
 			return nil, fmt.Errorf("open netns %s: %w", cfg.Namespace, err)
 		}
-	} else if m.ns, err = netns.Get(); err != nil {
-		return nil, fmt.Errorf("open own netns: %w", err)
+	} else {
+		// The caller's namespace: sockets open where we are, without the
+		// setns(2) (CAP_SYS_ADMIN) an explicit handle would cost.
+		m.ns = netns.None()
 	}
 	if m.h, err = vnl.NewHandleAt(m.ns); err != nil {
-		m.ns.Close()
+		m.closeNS()
 		return nil, fmt.Errorf("netlink handle: %w", err)
 	}
 	return m, nil
@@ -151,6 +153,13 @@ func (m *Mirror) reset() {
 // Close releases the mirror's handles (the FIB stays as it is).
 func (m *Mirror) Close() error {
 	m.h.Close()
+	return m.closeNS()
+}
+
+func (m *Mirror) closeNS() error {
+	if !m.ns.IsOpen() {
+		return nil
+	}
 	return m.ns.Close()
 }
 

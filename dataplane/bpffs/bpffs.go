@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,11 +15,13 @@ import (
 // DefaultRoot is where bpffs is normally mounted.
 const DefaultRoot = "/sys/fs/bpf"
 
-// Ensure creates dir (below a bpffs mount) and mounts bpffs at
-// DefaultRoot first if nothing is mounted there (like `mount -t bpf bpf
-// /sys/fs/bpf`).
+// Ensure creates dir, which must lie on a BPF filesystem. Only when dir is
+// below DefaultRoot and nothing is mounted there does it mount bpffs
+// first (like `mount -t bpf bpf /sys/fs/bpf`, which needs CAP_SYS_ADMIN);
+// a dir on an existing bpffs mount needs no privilege beyond write access.
 func Ensure(dir string) error {
-	if !IsBPFFS(DefaultRoot) {
+	dir = filepath.Clean(dir)
+	if !IsBPFFS(existingAncestor(dir)) && within(dir, DefaultRoot) && !IsBPFFS(DefaultRoot) {
 		if err := os.MkdirAll(DefaultRoot, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", DefaultRoot, err)
 		}
@@ -26,13 +29,29 @@ func Ensure(dir string) error {
 			return fmt.Errorf("mount bpffs at %s (like `mount -t bpf bpf %s`): %w", DefaultRoot, DefaultRoot, err)
 		}
 	}
+	if !IsBPFFS(existingAncestor(dir)) {
+		return fmt.Errorf("pin directory %s is not on a BPF filesystem: use one below %s", dir, DefaultRoot)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create pin directory %s: %w", dir, err)
 	}
-	if !IsBPFFS(dir) {
-		return fmt.Errorf("pin directory %s is not on a BPF filesystem: use one below %s", dir, DefaultRoot)
-	}
 	return nil
+}
+
+// existingAncestor is dir or its nearest ancestor that exists.
+func existingAncestor(dir string) string {
+	for {
+		if _, err := os.Stat(dir); err == nil || dir == "/" || dir == "." {
+			return dir
+		}
+		dir = filepath.Dir(dir)
+	}
+}
+
+// within reports whether path is root or lies below it.
+func within(path, root string) bool {
+	rel, err := filepath.Rel(root, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 // IsBPFFS reports whether path lies on a BPF filesystem.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -138,7 +139,20 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 		}
 		copts.Maps.PinPath = opts.PinPath
 	}
+	// Pins this load creates; a failed load removes them again (the maps
+	// are pinned before the verifier sees the program).
+	var fresh []string
+	for _, name := range pinnedMaps {
+		if path := filepath.Join(opts.PinPath, name); opts.PinPath != "" {
+			if _, err := os.Stat(path); os.IsNotExist(err) {
+				fresh = append(fresh, path)
+			}
+		}
+	}
 	if err := spec.LoadAndAssign(&p.objs, copts); err != nil {
+		for _, path := range fresh {
+			_ = os.Remove(path)
+		}
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load router program: verifier: %+v", ve)
