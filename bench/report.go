@@ -129,6 +129,21 @@ type NDR struct {
 	Steps  []NDRStep `json:"steps"`
 }
 
+// Limit says what bounded the throughput: "generator" when the trial at
+// the generator's maximum already passed (the path's limit lies above
+// what the lab can offer), "path" when the search found where the path
+// starts losing frames, "none passed" when not even the lowest rate tried
+// passed.
+func (n NDR) Limit() string {
+	switch {
+	case n.PPS == 0:
+		return "none passed"
+	case n.Offered == 0:
+		return "generator"
+	}
+	return "path"
+}
+
 // RoutesSweep is every point and throughput search with one route set.
 type RoutesSweep struct {
 	Routes      string  `json:"routes"` // "1" or "full"

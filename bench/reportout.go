@@ -96,6 +96,7 @@ func WriteMarkdown(w io.Writer, r *SweepReport) error {
 		fmt.Fprintf(&b, "- RFC 2544 throughput: binary search for the highest rate with loss <= %g %%, trials of %.1f s, until within %.0f %% of the lowest failing rate.\n",
 			r.NDRLoss, r.NDRDuration, 100*r.NDRResolution)
 	}
+	fmt.Fprintf(&b, "- Reading it: generator, router and sink share the same CPUs (a closed loop), so a cheaper path also lets the generator send more, and loss at the maximum is what a path drops when the generator outruns it on the same CPU. Compare scenarios as ratios at one size; see docs/xdpbench.md.\n")
 	fmt.Fprintf(&b, "\nScenarios:\n\n")
 	for _, s := range r.Scenarios {
 		fmt.Fprintf(&b, "- `%s`: %s\n", s.Name, s.Description)
@@ -127,10 +128,11 @@ func WriteMarkdown(w io.Writer, r *SweepReport) error {
 		table("Loss % at the generator's maximum (median)", func(p Point) string { return fmt.Sprintf("%.2f", p.MedianLoss) })
 		if len(rs.NDR) > 0 {
 			fmt.Fprintf(&b, "\n### RFC 2544 throughput, %d-byte frames\n\n", rs.NDR[0].Size)
-			fmt.Fprintf(&b, "| scenario | zero-loss Mpps | Mbit/s | generator maximum Mpps | trials |\n|---|---:|---:|---:|---:|\n")
+			fmt.Fprintf(&b, "| scenario | zero-loss Mpps | Mbit/s | generator maximum Mpps | trials | limited by |\n|---|---:|---:|---:|---:|---|\n")
 			for _, n := range rs.NDR {
-				fmt.Fprintf(&b, "| %s | %.3f | %.0f | %.3f | %d |\n", n.Scenario, n.PPS/1e6, n.Mbps, n.MaxPPS/1e6, len(n.Steps))
+				fmt.Fprintf(&b, "| %s | %.3f | %.0f | %.3f | %d | %s |\n", n.Scenario, n.PPS/1e6, n.Mbps, n.MaxPPS/1e6, len(n.Steps), n.Limit())
 			}
+			fmt.Fprintf(&b, "\n\"generator\": no loss even at the generator's maximum, the path's own limit lies above it (the generator shares the CPUs). \"path\": the search found the rate above which the path loses frames.\n")
 		}
 		fmt.Fprintf(&b, "\n![forwarded Mpps, %[1]s](pps-routes-%[2]s.svg)\n![loss, %[1]s](loss-routes-%[2]s.svg)\n",
 			routesTitle(rs.Routes), rs.Routes)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,7 +21,7 @@ func newReportCmd() *cobra.Command {
 		o                      bench.SweepOptions
 		scenarios, sizes, cpus string
 		routes                 string
-		out                    string
+		out, from              string
 	)
 	cmd := &cobra.Command{
 		Use:   "report",
@@ -45,10 +46,22 @@ wire, xdp-static.)
 Writes into --out: report.json (every trial), report.md (the tables, the
 run's machine, layout and repeats) and pps-routes-R.{svg,png} and
 loss-routes-R.{svg,png}; prints report.md. A full run (defaults) takes
-about 25 minutes on 2 CPUs.`,
+about 25 minutes on 2 CPUs. --from renders report.md and the plots of an
+earlier run's report.json again, without running anything.`,
 		Example: `  xdpbench report --out docs/report
   xdpbench report --routes 1 --sizes 64,1518 --duration 500ms --repeats 1 --ndr-duration 300ms --out /tmp/r`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if from != "" {
+				b, err := os.ReadFile(from)
+				if err != nil {
+					return err
+				}
+				var rep bench.SweepReport
+				if err := json.Unmarshal(b, &rep); err != nil {
+					return fmt.Errorf("--from %s: %w", from, err)
+				}
+				return writeReport(cmd, out, &rep, false)
+			}
 			var err error
 			if scenarios != "" {
 				o.Scenarios = strings.Split(scenarios, ",")
@@ -83,31 +96,7 @@ about 25 minutes on 2 CPUs.`,
 			if err != nil {
 				return err
 			}
-			jf, err := os.Create(filepath.Join(out, "report.json"))
-			if err != nil {
-				return err
-			}
-			err = writeJSON(jf, rep)
-			if cerr := jf.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return fmt.Errorf("report.json: %w", err)
-			}
-			var md strings.Builder
-			if err := bench.WriteMarkdown(&md, rep); err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(out, "report.md"), []byte(md.String()), 0o644); err != nil {
-				return err
-			}
-			files, err := bench.WritePlots(out, rep)
-			if err != nil {
-				return err
-			}
-			fmt.Fprint(cmd.OutOrStdout(), md.String())
-			fmt.Fprintf(cmd.OutOrStdout(), "\nwrote %s: report.json, report.md, %s\n", out, strings.Join(files, ", "))
-			return nil
+			return writeReport(cmd, out, rep, true)
 		},
 	}
 	f := cmd.Flags()
@@ -125,5 +114,41 @@ about 25 minutes on 2 CPUs.`,
 	f.IntVar(&o.FullV4, "full-v4", 0, "scale the full IPv4 table up to this many prefixes")
 	f.IntVar(&o.FullV6, "full-v6", 0, "scale the full IPv6 table up to this many prefixes")
 	f.StringVarP(&out, "out", "o", "report", "directory for report.json, report.md and the plots")
+	f.StringVar(&from, "from", "", "render report.md and the plots from this report.json instead of running")
 	return cmd
+}
+
+// writeReport writes report.json (withJSON), report.md and the plots into
+// out and prints report.md.
+func writeReport(cmd *cobra.Command, out string, rep *bench.SweepReport, withJSON bool) error {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	if withJSON {
+		jf, err := os.Create(filepath.Join(out, "report.json"))
+		if err != nil {
+			return err
+		}
+		err = writeJSON(jf, rep)
+		if cerr := jf.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("report.json: %w", err)
+		}
+	}
+	var md strings.Builder
+	if err := bench.WriteMarkdown(&md, rep); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "report.md"), []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	files, err := bench.WritePlots(out, rep)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(cmd.OutOrStdout(), md.String())
+	fmt.Fprintf(cmd.OutOrStdout(), "\nwrote %s: report.md, %s\n", out, strings.Join(files, ", "))
+	return nil
 }

@@ -66,10 +66,18 @@ func TestReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| kernel-1cpu |", "| afxdp |", "RFC 2544 throughput, 64-byte frames", "pps-routes-1.svg", rep.Kernel} {
+	for _, want := range []string{"| kernel-1cpu |", "| afxdp |", "RFC 2544 throughput, 64-byte frames", "| limited by |", "pps-routes-1.svg", rep.Kernel} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q", want)
 		}
+	}
+	// --from renders the same report.md from report.json, without root.
+	dir2 := t.TempDir()
+	if out, err := xdpbench(context.Background(), "report", "--from", filepath.Join(dir, "report.json"), "--out", dir2); err != nil {
+		t.Fatalf("report --from: %v\n%s", err, out)
+	}
+	if md2, err := os.ReadFile(filepath.Join(dir2, "report.md")); err != nil || string(md2) != string(md) {
+		t.Errorf("report --from: %v; report.md differs from the run's:\n%s", err, md2)
 	}
 	for _, name := range []string{"pps-routes-1", "loss-routes-1"} {
 		f, err := os.Open(filepath.Join(dir, name+".png"))

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -100,5 +102,57 @@ func TestCheckCommand(t *testing.T) {
 	var fs []map[string]string
 	if jerr := json.Unmarshal([]byte(out), &fs); jerr != nil || err == nil || len(fs) < 5 {
 		t.Errorf("check --json: %v %v\n%s", err, jerr, out)
+	}
+}
+
+// TestRunFlags: the run command's flags override the config file, and
+// without a file they are the whole config; every bad value is named.
+func TestRunFlags(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "x.yaml")
+	if err := os.WriteFile(file, []byte("interfaces:\n  - {name: eth9, engine: afxdp}\ntable: 100\ncpus: [1]\nmetrics: \"off\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		want    string // fmt of the interesting fields
+		wantErr string
+	}{
+		{"file only", []string{"--config", file}, "[{eth9 afxdp false}] table 100 cpus [1] hk [] aff false metrics off", ""},
+		{"flags replace interfaces", []string{"--config", file, "--xdp", "eth1,eth2", "--pass", "eth3", "--table", "254"},
+			"[{eth1 xdp false} {eth2 xdp false} {eth3 pass false}] table 254 cpus [1] hk [] aff false metrics off", ""},
+		{"no file at the default path", []string{"--afxdp", "eth1", "--cpus", "1", "--housekeeping-cpus", "0", "--affinity", "--metrics", "127.0.0.1:9999"},
+			"[{eth1 afxdp false}] table 254 cpus [1] hk [0] aff true metrics 127.0.0.1:9999", ""},
+		{"named file missing", []string{"--config", filepath.Join(dir, "nope.yaml"), "--xdp", "eth1"}, "", "read config"},
+		{"bad cpu list", []string{"--xdp", "eth1", "--cpus", "x"}, "", "--cpus"},
+		{"nothing at all", nil, "", "interfaces: none"},
+		{"worker on a housekeeping cpu", []string{"--afxdp", "eth1", "--cpus", "0", "--housekeeping-cpus", "0"}, "", "housekeeping"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var f runFlags
+			cmd := newRunCmdWith(&f)
+			if err := cmd.ParseFlags(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			if !cmd.Flags().Changed("config") {
+				f.path = filepath.Join(dir, "default-not-there.yaml")
+			}
+			cfg, err := f.config(cmd)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want one naming %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := fmt.Sprintf("%v table %d cpus %v hk %v aff %v metrics %s", cfg.Interfaces, cfg.Table, cfg.CPUs, cfg.Housekeeping, cfg.Affinity, cfg.Metrics)
+			if got != tt.want {
+				t.Errorf("config\n got %s\nwant %s", got, tt.want)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,11 +18,93 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/control/daemon"
 )
 
-func newRunCmd() *cobra.Command {
-	var path string
+// runFlags are the command line's overrides of the config file, for the
+// common cases.
+type runFlags struct {
+	path                        string
+	xdp, afxdp, pass            []string
+	cpus, housekeeping          string
+	affinity                    bool
+	namespace, pinPath, metrics string
+	socket                      string
+	table                       int
+}
+
+// config reads the config file (none: start from an empty config when
+// --config was not given and the default file does not exist) and applies
+// the flags that were set. Interface flags, when any is set, replace the
+// file's interface list.
+func (f *runFlags) config(cmd *cobra.Command) (daemon.Config, error) {
+	var cfg daemon.Config
+	b, err := os.ReadFile(f.path)
+	switch {
+	case err == nil:
+		if cfg, err = daemon.DecodeConfig(b); err != nil {
+			return cfg, fmt.Errorf("%s: %w", f.path, err)
+		}
+	case os.IsNotExist(err) && !cmd.Flags().Changed("config"):
+	default:
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	fl := cmd.Flags()
+	if fl.Changed("xdp") || fl.Changed("afxdp") || fl.Changed("pass") {
+		cfg.Interfaces = nil
+		for _, set := range []struct {
+			engine string
+			names  []string
+		}{{"xdp", f.xdp}, {"afxdp", f.afxdp}, {"pass", f.pass}} {
+			for _, n := range set.names {
+				cfg.Interfaces = append(cfg.Interfaces, daemon.Interface{Name: n, Engine: set.engine})
+			}
+		}
+	}
+	var errs []error
+	list := func(flag, v string) []int {
+		cpus, err := affinity.ParseList(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--%s: %w", flag, err))
+		}
+		return cpus
+	}
+	if fl.Changed("cpus") {
+		cfg.CPUs = list("cpus", f.cpus)
+	}
+	if fl.Changed("housekeeping-cpus") {
+		cfg.Housekeeping = list("housekeeping-cpus", f.housekeeping)
+	}
+	if fl.Changed("affinity") {
+		cfg.Affinity = f.affinity
+	}
+	if fl.Changed("namespace") {
+		cfg.Namespace = f.namespace
+	}
+	if fl.Changed("pin-path") {
+		cfg.PinPath = f.pinPath
+	}
+	if fl.Changed("metrics") {
+		cfg.Metrics = f.metrics
+	}
+	if fl.Changed("socket") {
+		cfg.Control = f.socket
+	}
+	if fl.Changed("table") {
+		cfg.Table = f.table
+	}
+	if len(errs) > 0 {
+		return cfg, errors.Join(errs...)
+	}
+	cfg = cfg.WithDefaults()
+	return cfg, cfg.Validate()
+}
+
+func newRunCmd() *cobra.Command { return newRunCmdWith(&runFlags{}) }
+
+// newRunCmdWith is `xdprouter run` with its flags parsed into f.
+func newRunCmdWith(f *runFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the router daemon with a YAML config",
@@ -30,11 +113,16 @@ forwards), fills the FIB from the kernel's routing table over netlink, then
 switches each interface to its engine (xdp, afxdp or pass) and serves the
 operator socket and Prometheus metrics. SIGHUP reloads the config (engines,
 workers); SIGINT/SIGTERM shut down in reverse order and leave the host as
-found. See docs/operator.md for the config file.`,
-		Example: `  xdprouter run --config /etc/xdprouter/xdprouter.yaml`,
+found. See docs/operator.md for the config file.
+
+Flags override the file's fields; --xdp, --afxdp and --pass, when given,
+replace its interface list. Without --config and with no file at the
+default path, the flags are the whole config.`,
+		Example: `  xdprouter run --config /etc/xdprouter/xdprouter.yaml
+  xdprouter run --xdp eth1,eth2 --afxdp eth3 --affinity --housekeeping-cpus 0`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-			cfg, err := daemon.LoadConfig(path)
+			cfg, err := f.config(cmd)
 			if err != nil {
 				return err
 			}
@@ -51,7 +139,7 @@ found. See docs/operator.md for the config file.`,
 					slog.Info("shutting down")
 					return d.Stop()
 				case <-hup:
-					nc, err := daemon.LoadConfig(path)
+					nc, err := f.config(cmd)
 					if err == nil {
 						err = d.Reload(nc)
 					}
@@ -62,7 +150,19 @@ found. See docs/operator.md for the config file.`,
 			}
 		},
 	}
-	cmd.Flags().StringVarP(&path, "config", "c", "/etc/xdprouter/xdprouter.yaml", "YAML configuration file")
+	fl := cmd.Flags()
+	fl.StringVarP(&f.path, "config", "c", "/etc/xdprouter/xdprouter.yaml", "YAML configuration file")
+	fl.StringSliceVar(&f.xdp, "xdp", nil, "interfaces with engine xdp (replaces the file's interfaces)")
+	fl.StringSliceVar(&f.afxdp, "afxdp", nil, "interfaces with engine afxdp")
+	fl.StringSliceVar(&f.pass, "pass", nil, "interfaces with engine pass (egress only, or left to the kernel)")
+	fl.StringVar(&f.cpus, "cpus", "", "AF_XDP worker CPUs, worker q on the q-th (e.g. 2-3)")
+	fl.StringVar(&f.housekeeping, "housekeeping-cpus", "", "CPUs for everything but the workers (e.g. 0)")
+	fl.BoolVar(&f.affinity, "affinity", false, "apply the affinity plan at start, restore it at stop")
+	fl.StringVar(&f.namespace, "namespace", "", "named network namespace to route in (needs CAP_SYS_ADMIN)")
+	fl.StringVar(&f.pinPath, "pin-path", "", "bpffs directory that keeps the FIB across restarts")
+	fl.StringVar(&f.metrics, "metrics", daemon.DefaultMetrics, `Prometheus listen address, or "off"`)
+	fl.StringVar(&f.socket, "socket", daemon.DefaultControl, "operator socket")
+	fl.IntVar(&f.table, "table", 254, "kernel routing table to mirror")
 	return cmd
 }
 

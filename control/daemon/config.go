@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -104,17 +105,28 @@ func LoadConfig(path string) (Config, error) {
 
 // ParseConfig decodes and validates YAML.
 func ParseConfig(b []byte) (Config, error) {
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
+	c, err := DecodeConfig(b)
+	if err != nil {
+		return Config{}, err
 	}
-	c = c.withDefaults()
 	return c, c.Validate()
 }
 
-func (c Config) withDefaults() Config {
+// DecodeConfig decodes YAML (unknown fields are errors) and fills in
+// defaults, without validating: for callers that override fields first.
+func DecodeConfig(b []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return c.WithDefaults(), nil
+}
+
+// WithDefaults returns a copy of c (slices included) with every unset
+// field at its default.
+func (c Config) WithDefaults() Config {
 	// The daemon keeps its own copy: a caller editing its slices for the
 	// next Reload must not change the running config behind its back.
 	c.Interfaces = slices.Clone(c.Interfaces)

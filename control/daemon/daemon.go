@@ -81,7 +81,7 @@ func (d *Daemon) watchEngine() {
 // filled from the kernel, then the configured engines, then the operator
 // socket and metrics. Any failure undoes what was done.
 func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -283,7 +283,7 @@ func afxdpNames(c Config) []string {
 // Reload applies a new configuration: engines, workers and their sizes.
 // The interface set, namespace, table, endpoints and pins need a restart.
 func (d *Daemon) Reload(cfg Config) error {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -198,7 +198,7 @@ func TestMirrorFollowsKernel(t *testing.T) {
 	e := newEnv(t, Config{})
 	probes := []string{"198.19.0.1", "198.19.255.254", "203.0.113.5", "203.0.114.9", "203.0.115.1", "203.0.116.1",
 		"203.0.117.1", "203.0.118.1", "203.0.119.1", "198.18.3.2", "198.18.1.2", "198.18.1.1", "10.255.0.1",
-		"2001:2:0:ff00::1", "2001:db8:5::1", "2001:db8:6::1", "2001:db8:7::1", "203.0.120.1"}
+		"2001:2:0:ff00::1", "2001:db8:5::1", "2001:db8:6::1", "2001:db8:7::1", "203.0.120.1", "203.0.121.1", "203.0.122.1"}
 	e.agree(t, "initial dump", probes...)
 
 	steps := []struct {
@@ -224,6 +224,19 @@ func TestMirrorFollowsKernel(t *testing.T) {
 			{"-6", "route", "add", "2001:db8:7::/48", "proto", "213", "nexthop", "via", "2001:2:0:3::fe", "nexthop", "via", "2001:2:0:2::2"}}},
 		{"onlink gateway", [][]string{{"route", "add", "203.0.120.0/24", "via", "198.18.3.254", "dev", "eth3", "onlink", "proto", "213"}}},
 		{"connected neighbour gets a host route", [][]string{{"neigh", "replace", "198.18.1.2", "lladdr", "02:00:00:00:01:02", "dev", "eth1", "nud", "reachable"}}},
+		// FRR's zebra installs routes over kernel nexthop objects; with
+		// net.ipv4.nexthop_compat_mode=1 (the default) the kernel reports
+		// their gateways in the route and re-announces the routes when a
+		// nexthop object changes.
+		{"nexthop object (as FRR installs)", [][]string{
+			{"nexthop", "add", "id", "10", "via", "198.18.3.254", "dev", "eth3"},
+			{"route", "add", "203.0.121.0/24", "nhid", "10", "proto", "186"}}},
+		{"nexthop object replaced: its routes follow", [][]string{{"nexthop", "replace", "id", "10", "via", "198.18.2.2", "dev", "eth2"}}},
+		{"nexthop group object", [][]string{
+			{"nexthop", "add", "id", "11", "via", "198.18.3.254", "dev", "eth3"},
+			{"nexthop", "add", "id", "12", "group", "10/11"},
+			{"route", "add", "203.0.122.0/24", "nhid", "12", "proto", "186"}}},
+		{"nexthop group loses a member", [][]string{{"nexthop", "replace", "id", "12", "group", "11"}}},
 		{"delete", [][]string{{"route", "del", "203.0.113.0/24"}, {"-6", "route", "del", "2001:db8:5::/48"}}},
 	}
 	for _, s := range steps {
