@@ -100,6 +100,9 @@ type Mirror struct {
 	groupByID  map[uint32]string
 	nhIDs      idPool
 	ecmpIDs    idPool
+	// staleNH and staleECMP are the IDs a reopened FIB came with, deleted
+	// once the first sync has moved every route off them.
+	staleNH, staleECMP []uint32
 	managed    map[nhKey]bool
 	resync     chan struct{}
 	calls      chan func() // run on the loop between notifications (Call)
@@ -124,6 +127,17 @@ func New(table *fib.Table, cfg Config) (*Mirror, error) {
 		// The caller's namespace: sockets open where we are, without the
 		// setns(2) (CAP_SYS_ADMIN) an explicit handle would cost.
 		m.ns = netns.None()
+	}
+	if table.Reopened() {
+		// The earlier process's nexthops and ECMP groups stay as they are
+		// while its routes still point at them: the first sync writes
+		// every route over fresh IDs, and only after it are the old IDs
+		// deleted (prune). Reusing one earlier would send a recovered
+		// route's packets to another gateway until its own update.
+		nh, ecmp := table.LiveIDs()
+		m.nhIDs.reserve(nh)
+		m.ecmpIDs.reserve(ecmp)
+		m.staleNH, m.staleECMP = nh, ecmp
 	}
 	if m.h, err = vnl.NewHandleAt(m.ns); err != nil {
 		m.closeNS()
@@ -438,6 +452,20 @@ func (m *Mirror) prune() {
 	if len(stale) > 0 {
 		slog.Info("FIB reopened from pins: removed routes the kernel no longer has", "routes", len(stale))
 	}
+	// No route points at the earlier process's IDs any more.
+	for _, id := range m.staleECMP {
+		if err := m.table.DeleteECMP(id); err != nil {
+			m.fail(fmt.Errorf("fib delete stale ecmp group %d: %w", id, err))
+		}
+	}
+	for _, id := range m.staleNH {
+		if err := m.table.DeleteNexthop(id); err != nil {
+			m.fail(fmt.Errorf("fib delete stale nexthop %d: %w", id, err))
+		}
+	}
+	m.nhIDs.unreserve()
+	m.ecmpIDs.unreserve()
+	m.staleNH, m.staleECMP = nil, nil
 }
 
 func (m *Mirror) setLink(l vnl.Link) {

@@ -476,10 +476,12 @@ func (m *Mirror) connectedVia(k nhKey) bool {
 	return false
 }
 
-// idPool hands out IDs from 1 (0 stays unused) up to max.
+// idPool hands out IDs from 1 (0 stays unused), never one it holds
+// reserved.
 type idPool struct {
-	next, max uint32
-	free      []uint32
+	next     uint32
+	free     []uint32
+	reserved map[uint32]bool
 }
 
 func (p *idPool) get() uint32 {
@@ -489,7 +491,30 @@ func (p *idPool) get() uint32 {
 		return id
 	}
 	p.next++
+	for p.reserved[p.next] {
+		p.next++
+	}
 	return p.next
 }
 
 func (p *idPool) put(id uint32) { p.free = append(p.free, id) }
+
+// reserve keeps ids from being handed out until unreserve.
+func (p *idPool) reserve(ids []uint32) {
+	if p.reserved == nil {
+		p.reserved = map[uint32]bool{}
+	}
+	for _, id := range ids {
+		p.reserved[id] = true
+	}
+}
+
+// unreserve makes every reserved id available again.
+func (p *idPool) unreserve() {
+	for id := range p.reserved {
+		if id <= p.next {
+			p.free = append(p.free, id)
+		}
+	}
+	p.reserved = nil
+}

@@ -161,6 +161,25 @@ func (s *slots[T]) rebuild() {
 	}
 }
 
+// liveIDs lists the ids that are set.
+func (s *slots[T]) liveIDs() []uint32 {
+	var ids []uint32
+	for id := 0; id < s.ids(); id++ {
+		if atomic.LoadUint32(&s.ptr[2*id]) != 0 {
+			ids = append(ids, uint32(id))
+		}
+	}
+	return ids
+}
+
+// LiveIDs lists the nexthop and ECMP group IDs that are set: on a table
+// reopened from pins, those the earlier process left.
+func (t *Table) LiveIDs() (nexthops, ecmp []uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.nh.liveIDs(), t.ecmp.liveIDs()
+}
+
 // get copies the value of id; readers call it between Begin and End.
 func (s *slots[T]) get(id uint32) (T, bool) {
 	var zero T
