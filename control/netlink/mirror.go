@@ -103,9 +103,9 @@ type Mirror struct {
 	// staleNH and staleECMP are the IDs a reopened FIB came with, deleted
 	// once the first sync has moved every route off them.
 	staleNH, staleECMP []uint32
-	managed    map[nhKey]bool
-	resync     chan struct{}
-	calls      chan func() // run on the loop between notifications (Call)
+	managed            map[nhKey]bool
+	resync             chan struct{}
+	calls              chan func() // run on the loop between notifications (Call)
 }
 
 // New creates a mirror writing into table.

@@ -3,8 +3,8 @@ package netlink
 import (
 	"context"
 	"fmt"
-	"os"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
