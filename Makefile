@@ -5,7 +5,7 @@ export GO
 LAB ?= lab
 BIN := bin
 
-.PHONY: all build generate test demo bench lab-up lab-down deps clean
+.PHONY: all build generate test demo bench report lab-up lab-down deps clean
 
 all: build
 
@@ -35,6 +35,10 @@ demo: deps build
 ## bench: run the benchmark table (3 trials of 3 s per scenario)
 bench: deps build
 	./$(BIN)/xdpbench run
+
+## report: the full benchmark report (every engine, frame sizes, route sets, RFC 2544, plots) into docs/report
+report: deps build
+	./$(BIN)/xdpbench report --out docs/report
 
 ## lab-up / lab-down: bring the lab named $(LAB) up or down
 lab-up: build

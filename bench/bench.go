@@ -14,11 +14,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/xdprouter/xdprouter/bench/cpustat"
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/internal/cpustat"
 	"github.com/xdprouter/xdprouter/lab"
 )
 

@@ -249,9 +249,80 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if n := workerFwd() - w0; n < 5000 {
 		t.Errorf("after a flap of the afxdp interface the workers forwarded %d of its ~10000 frames", n)
 	}
+	// Per-CPU counters add up to each interface's, exactly.
+	var ss daemon.Stats
+	if err := get(sock, "/stats", &ss); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range ss.Interfaces {
+		var rx, fwd uint64
+		for _, pc := range ss.InterfaceCPUs[name] {
+			rx, fwd = rx+pc.RxPackets, fwd+pc.Forwarded
+		}
+		if rx != c["rx_packets"] || fwd != c["forwarded"]+c["to_afxdp"] {
+			t.Errorf("%s: per-CPU rx %d forwarded %d, interface rx %d forwarded %d", name, rx, fwd, c["rx_packets"], c["forwarded"]+c["to_afxdp"])
+		}
+	}
+	if len(ss.InterfaceCPUs[l.Ingress[0].B.Name]) == 0 || len(ss.CPUTimes) != runtime.NumCPU() {
+		t.Errorf("stats: per-CPU counters %v, CPU times %v", ss.InterfaceCPUs, ss.CPUTimes)
+	}
+	if out, err := run("stats", "--socket", sock, "--json", "-n", "1"); err != nil {
+		t.Errorf("stats: %v\n%s", err, out)
+	} else {
+		var rows []Rates
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			t.Errorf("stats --json: %v\n%s", err, out)
+		}
+		kinds := map[string]int{}
+		for _, r := range rows {
+			kinds[r.Kind]++
+		}
+		if kinds["interface"] != 3 || kinds["worker"] != 2 || kinds["cpu"] != runtime.NumCPU() {
+			t.Errorf("stats --json rows by kind %v, want 3 interfaces, 2 workers, a row per CPU:\n%s", kinds, out)
+		}
+	}
 	if sent, got := send(doomed, 5000); got != 0 {
 		t.Errorf("route %s deleted while no daemon ran: %d of %d frames still forwarded", doomed, got, sent)
 	}
+	// SIGHUP with the engines swapped in the file, while traffic flows:
+	// not a frame lost, and the new engines serve.
+	swapped := strings.NewReplacer("engine: xdp}", "engine: afxdp}", "engine: afxdp}", "engine: xdp}").Replace(yaml)
+	if err := os.WriteFile(config, []byte(swapped), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, _ := gen.DefaultPrefixes(4)
+	g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: labDst,
+		Count: 60000, Rate: 50000, CPUs: []int{0, 1 % runtime.NumCPU()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	genDone := make(chan gen.Result, 1)
+	go func() {
+		res, err := g.Run(context.Background())
+		if err != nil {
+			t.Errorf("generator: %v", err)
+		}
+		genDone <- res
+	}()
+	time.Sleep(400 * time.Millisecond)
+	if err := d2.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	res := <-genDone
+	g.Close()
+	c, _ := sk.WaitMatched(context.Background(), matched+res.Sent, 2*time.Second)
+	if got := c.MatchedPackets - matched; got != res.Sent || res.Sent == 0 {
+		b, _ := os.ReadFile(logPath)
+		t.Errorf("across a SIGHUP reload: sink matched %d of %d\n%s", got, res.Sent, b)
+	}
+	matched = c.MatchedPackets
+	if err := get(sock, "/status", &st); err != nil {
+		t.Fatal(err)
+	}
+	if e := st.Interfaces[0].Engine + " " + st.Interfaces[1].Engine; e != "afxdp xdp" {
+		t.Errorf("after SIGHUP engines of %s, %s are %s, want afxdp xdp", st.Interfaces[0].Name, st.Interfaces[1].Name, e)
+	}
+
 	// routes and routes --check answered by the daemon's live mirror.
 	out, err = run("routes", "--socket", sock, "--json")
 	if err != nil {

@@ -10,8 +10,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/xdprouter/xdprouter/control/daemon"
 	"github.com/xdprouter/xdprouter/control/netlink"
+	"github.com/xdprouter/xdprouter/dataplane/engine"
+	"github.com/xdprouter/xdprouter/internal/cpustat"
 	"github.com/xdprouter/xdprouter/internal/testutil"
 	"github.com/xdprouter/xdprouter/lab"
 )
@@ -154,5 +158,50 @@ func TestRunFlags(t *testing.T) {
 				t.Errorf("config\n got %s\nwant %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestStatsRates: two readings one second apart become exact per-second
+// rates per interface, per interface and CPU (only CPUs that received),
+// per worker and per CPU.
+func TestStatsRates(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	a := daemon.Stats{At: t0,
+		Interfaces:    map[string]map[string]uint64{"eth1": {"rx_packets": 100, "rx_bytes": 6000, "forwarded": 90, "to_afxdp": 0, "pass_arp": 10, "drop_checksum": 0}},
+		InterfaceCPUs: map[string][]daemon.CPUCounters{"eth1": {{CPU: 0, RxPackets: 60, RxBytes: 3600, Forwarded: 50, Passed: 10}, {CPU: 1, RxPackets: 40, RxBytes: 2400, Forwarded: 40}}},
+		Workers:       []engine.WorkerStats{{Queue: 0, CPU: 1, RxPackets: 5, Forwarded: 5}},
+		CPUTimes:      []cpustat.Times{{CPU: 0, Soft: 100, System: 100, User: 100, Idle: 100}},
+	}
+	b := daemon.Stats{At: t0.Add(2 * time.Second),
+		Interfaces:    map[string]map[string]uint64{"eth1": {"rx_packets": 2100, "rx_bytes": 126000, "forwarded": 1890, "to_afxdp": 200, "pass_arp": 10, "drop_checksum": 0}},
+		InterfaceCPUs: map[string][]daemon.CPUCounters{"eth1": {{CPU: 0, RxPackets: 60, RxBytes: 3600, Forwarded: 50, Passed: 10}, {CPU: 1, RxPackets: 2040, RxBytes: 122400, Forwarded: 2040}}},
+		Workers:       []engine.WorkerStats{{Queue: 0, CPU: 1, RxPackets: 205, Forwarded: 203, RxBytes: 12000}},
+		CPUTimes:      []cpustat.Times{{CPU: 0, Soft: 160, System: 110, User: 110, Idle: 120}},
+	}
+	got := statsRates(a, b)
+	want := []Rates{
+		{Kind: "interface", Name: "eth1", RxPPS: 1000, FwdPPS: 1000, RxMbps: 0.48},
+		{Kind: "interface_cpu", Name: "eth1", CPU: 1, RxPPS: 1000, FwdPPS: 1000, RxMbps: 0.48},
+		{Kind: "worker", Name: "worker q0", CPU: 1, RxPPS: 100, FwdPPS: 99, RxMbps: 0.048},
+		{Kind: "cpu", Name: "cpu0", SoftIRQPct: 60, SystemPct: 10, UserPct: 10, IdlePct: 20},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d rows %+v, want %d", len(got), got, len(want))
+	}
+	near := func(x, y float64) bool { return x-y < 1e-9 && y-x < 1e-9 }
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.Kind != w.Kind || g.Name != w.Name || g.CPU != w.CPU || !near(g.RxPPS, w.RxPPS) || !near(g.FwdPPS, w.FwdPPS) ||
+			!near(g.RxMbps, w.RxMbps) || !near(g.PassPPS, w.PassPPS) || !near(g.DropPPS, w.DropPPS) ||
+			!near(g.SoftIRQPct, w.SoftIRQPct) || !near(g.SystemPct, w.SystemPct) || !near(g.UserPct, w.UserPct) || !near(g.IdlePct, w.IdlePct) {
+			t.Errorf("row %d:\n got %+v\nwant %+v", i, g, w)
+		}
+	}
+	var out bytes.Buffer
+	printRates(&out, b.At, got)
+	for _, s := range []string{"eth1", "  cpu1", "worker q0", "on cpu1", "softirq  60%"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("stats output lacks %q:\n%s", s, out.String())
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/control/daemon"
+	"github.com/xdprouter/xdprouter/internal/cpustat"
 )
 
 // runFlags are the command line's overrides of the config file, for the
@@ -227,15 +228,23 @@ func newStatusCmd() *cobra.Command {
 	return cmd
 }
 
-// Rates is one `xdprouter stats` line per interface or worker.
+// Rates is one `xdprouter stats` line: an interface, an interface on
+// one CPU (Kind "interface_cpu"), an AF_XDP worker, or a CPU's time.
 type Rates struct {
+	Kind       string  `json:"kind"` // interface, interface_cpu, worker, cpu
 	Name       string  `json:"name"`
+	CPU        int     `json:"cpu"` // interface_cpu, worker and cpu rows
 	RxPPS      float64 `json:"rx_pps"`
 	FwdPPS     float64 `json:"forwarded_pps"`
 	RxMbps     float64 `json:"rx_mbps"`
 	PassPPS    float64 `json:"pass_pps"`
 	DropPPS    float64 `json:"drop_pps"`
-	CPUPercent float64 `json:"cpu_pct,omitempty"`
+	CPUPercent float64 `json:"cpu_pct,omitempty"` // a worker thread's CPU use
+	// A CPU's time shares in percent (cpu rows).
+	SoftIRQPct float64 `json:"softirq_pct,omitempty"`
+	SystemPct  float64 `json:"system_pct,omitempty"`
+	UserPct    float64 `json:"user_pct,omitempty"`
+	IdlePct    float64 `json:"idle_pct,omitempty"`
 }
 
 func newStatsCmd() *cobra.Command {
@@ -247,8 +256,11 @@ func newStatsCmd() *cobra.Command {
 		Short: "Live per-second rates per interface and per AF_XDP worker (like ifstat)",
 		Long: `Every second: per interface the XDP program's received, forwarded (in XDP
 or to the AF_XDP workers), passed-to-kernel and dropped packets per second and
-received Mbit/s; per AF_XDP worker (queue) received and forwarded pps, drops
-and the worker thread's CPU use.`,
+received Mbit/s, then the same per CPU that received on it (one CPU per
+queue under the affinity plan); per AF_XDP worker (queue) received and
+forwarded pps, drops, its CPU and the worker thread's CPU use; per CPU the
+share of softirq (where XDP and kernel forwarding run), system, user and
+idle time.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var prev daemon.Stats
 			if err := get(sock, "/stats", &prev); err != nil {
@@ -273,14 +285,7 @@ and the worker thread's CPU use.`,
 					}
 					continue
 				}
-				fmt.Fprintf(w, "%s\n", cur.At.Format("15:04:05"))
-				for _, r := range rates {
-					fmt.Fprintf(w, "  %-10s rx %10.0f pps %9.1f Mbit/s  fwd %10.0f pps  pass %8.0f pps  drop %8.0f pps", r.Name, r.RxPPS, r.RxMbps, r.FwdPPS, r.PassPPS, r.DropPPS)
-					if r.CPUPercent > 0 {
-						fmt.Fprintf(w, "  cpu %3.0f%%", r.CPUPercent)
-					}
-					fmt.Fprintln(w)
-				}
+				printRates(w, cur.At, rates)
 			}
 			return nil
 		},
@@ -291,11 +296,34 @@ and the worker thread's CPU use.`,
 	return cmd
 }
 
+// printRates prints one second of `xdprouter stats`.
+func printRates(w io.Writer, at time.Time, rates []Rates) {
+	fmt.Fprintf(w, "%s\n", at.Format("15:04:05"))
+	for _, r := range rates {
+		name := r.Name
+		switch r.Kind {
+		case "cpu":
+			fmt.Fprintf(w, "  cpu%-7d softirq %3.0f%%  system %3.0f%%  user %3.0f%%  idle %3.0f%%\n", r.CPU, r.SoftIRQPct, r.SystemPct, r.UserPct, r.IdlePct)
+			continue
+		case "interface_cpu":
+			name = fmt.Sprintf("  cpu%d", r.CPU)
+		}
+		fmt.Fprintf(w, "  %-10s rx %10.0f pps %9.1f Mbit/s  fwd %10.0f pps  pass %8.0f pps  drop %8.0f pps", name, r.RxPPS, r.RxMbps, r.FwdPPS, r.PassPPS, r.DropPPS)
+		if r.Kind == "worker" {
+			fmt.Fprintf(w, "  on cpu%d %3.0f%%", r.CPU, r.CPUPercent)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+// statsRates turns two readings into rates: per interface, per interface
+// and CPU (CPUs that received in the interval), per worker, per CPU.
 func statsRates(a, b daemon.Stats) []Rates {
 	dt := b.At.Sub(a.At).Seconds()
 	if dt <= 0 {
 		dt = 1
 	}
+	rate := func(x, y uint64) float64 { return float64(y-x) / dt }
 	var out []Rates
 	names := make([]string, 0, len(b.Interfaces))
 	for n := range b.Interfaces {
@@ -304,18 +332,32 @@ func statsRates(a, b daemon.Stats) []Rates {
 	sort.Strings(names)
 	for _, n := range names {
 		x, y := a.Interfaces[n], b.Interfaces[n]
-		d := func(k string) float64 { return float64(y[k]-x[k]) / dt }
+		d := func(k string) float64 { return rate(x[k], y[k]) }
 		var pass, drop float64
 		for k := range y {
-			if len(k) > 5 && k[:5] == "pass_" {
+			if strings.HasPrefix(k, "pass_") {
 				pass += d(k)
 			}
-			if len(k) > 5 && k[:5] == "drop_" {
+			if strings.HasPrefix(k, "drop_") {
 				drop += d(k)
 			}
 		}
-		out = append(out, Rates{Name: n, RxPPS: d("rx_packets"), FwdPPS: d("forwarded") + d("to_afxdp"),
+		out = append(out, Rates{Kind: "interface", Name: n, RxPPS: d("rx_packets"), FwdPPS: d("forwarded") + d("to_afxdp"),
 			RxMbps: d("rx_bytes") * 8 / 1e6, PassPPS: pass, DropPPS: drop})
+		for _, cy := range b.InterfaceCPUs[n] {
+			var cx daemon.CPUCounters
+			for _, c := range a.InterfaceCPUs[n] {
+				if c.CPU == cy.CPU {
+					cx = c
+				}
+			}
+			if cy.RxPackets == cx.RxPackets {
+				continue
+			}
+			out = append(out, Rates{Kind: "interface_cpu", Name: n, CPU: cy.CPU, RxPPS: rate(cx.RxPackets, cy.RxPackets),
+				FwdPPS: rate(cx.Forwarded, cy.Forwarded), RxMbps: rate(cx.RxBytes, cy.RxBytes) * 8 / 1e6,
+				PassPPS: rate(cx.Passed, cy.Passed), DropPPS: rate(cx.Dropped, cy.Dropped)})
+		}
 	}
 	for i, wk := range b.Workers {
 		if i >= len(a.Workers) {
@@ -323,9 +365,13 @@ func statsRates(a, b daemon.Stats) []Rates {
 		}
 		o := a.Workers[i]
 		cpu := (wk.UserTime + wk.SystemTime - o.UserTime - o.SystemTime).Seconds() / dt * 100
-		out = append(out, Rates{Name: fmt.Sprintf("worker q%d", wk.Queue), RxPPS: float64(wk.RxPackets-o.RxPackets) / dt,
-			FwdPPS: float64(wk.Forwarded-o.Forwarded) / dt, RxMbps: float64(wk.RxBytes-o.RxBytes) * 8 / dt / 1e6,
-			DropPPS: float64(wk.Dropped()-o.Dropped()) / dt, CPUPercent: cpu})
+		out = append(out, Rates{Kind: "worker", Name: fmt.Sprintf("worker q%d", wk.Queue), CPU: wk.CPU,
+			RxPPS: rate(o.RxPackets, wk.RxPackets), FwdPPS: rate(o.Forwarded, wk.Forwarded),
+			RxMbps: rate(o.RxBytes, wk.RxBytes) * 8 / 1e6, DropPPS: rate(o.Dropped(), wk.Dropped()), CPUPercent: cpu})
+	}
+	for _, sh := range cpustat.Shares(a.CPUTimes, b.CPUTimes) {
+		out = append(out, Rates{Kind: "cpu", Name: fmt.Sprintf("cpu%d", sh.CPU), CPU: sh.CPU,
+			SoftIRQPct: 100 * sh.SoftIRQ, SystemPct: 100 * (sh.System + sh.IRQ), UserPct: 100 * sh.User, IdlePct: 100 * sh.Idle})
 	}
 	return out
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/internal/cpustat"
 )
 
 // Status is what `xdprouter status` shows.
@@ -53,6 +54,21 @@ type Stats struct {
 	Interfaces map[string]map[string]uint64 `json:"interfaces"` // name -> XDP counter -> value
 	Workers    []engine.WorkerStats         `json:"workers"`
 	Mirror     netlink.Stats                `json:"mirror"`
+	// InterfaceCPUs are each interface's XDP counters per CPU that saw
+	// traffic: which CPU (queue, under the affinity plan) did the work.
+	InterfaceCPUs map[string][]CPUCounters `json:"interface_cpus"`
+	// CPUTimes are every CPU's cumulative time from /proc/stat.
+	CPUTimes []cpustat.Times `json:"cpu_times"`
+}
+
+// CPUCounters are one interface's XDP counters on one CPU.
+type CPUCounters struct {
+	CPU       int    `json:"cpu"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	Forwarded uint64 `json:"forwarded"` // in XDP or to the AF_XDP workers
+	Passed    uint64 `json:"passed"`
+	Dropped   uint64 `json:"dropped"`
 }
 
 // Status returns the daemon's state.
@@ -85,17 +101,31 @@ func (d *Daemon) Status() Status {
 func (d *Daemon) Stats() Stats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := Stats{At: time.Now(), Interfaces: map[string]map[string]uint64{}}
+	s := Stats{At: time.Now(), Interfaces: map[string]map[string]uint64{}, InterfaceCPUs: map[string][]CPUCounters{}}
 	for _, ifc := range d.cfg.Interfaces {
-		c, err := d.prog.Counters(d.ifindex[ifc.Name])
+		per, err := d.prog.CountersPerCPU(d.ifindex[ifc.Name])
 		if err != nil {
 			continue
 		}
+		var sum xdp.Counters
+		for cpu, c := range per {
+			for i := range sum {
+				sum[i] += c[i]
+			}
+			if c[xdp.RxPackets] > 0 {
+				s.InterfaceCPUs[ifc.Name] = append(s.InterfaceCPUs[ifc.Name], CPUCounters{CPU: cpu,
+					RxPackets: c[xdp.RxPackets], RxBytes: c[xdp.RxBytes], Forwarded: c[xdp.Forwarded] + c[xdp.ToAFXDP],
+					Passed: c.Passed(), Dropped: c.Dropped()})
+			}
+		}
 		m := map[string]uint64{}
-		for i, v := range c {
+		for i, v := range sum {
 			m[xdp.CounterNames[i]] = v
 		}
 		s.Interfaces[ifc.Name] = m
+	}
+	if t, err := cpustat.Read(); err == nil {
+		s.CPUTimes = t
 	}
 	if d.eng != nil {
 		s.Workers = d.eng.Stats()
@@ -238,6 +268,24 @@ func WriteMetrics(w io.Writer, s Stats, st Status) {
 	}{{"routes", uint64(m.Routes)}, {"fib_entries", uint64(m.FIBEntries)}, {"nexthops", uint64(m.Nexthops)}, {"neighbours", uint64(m.Neighbours)},
 		{"events_total", m.Events}, {"resyncs_total", m.Resyncs}, {"errors_total", m.Errors}, {"route_writes_total", m.RoutesApplied}} {
 		fmt.Fprintf(w, "xdprouter_mirror_%s %d\n", kv.k, kv.v)
+	}
+	f := st.FIB
+	fmt.Fprintln(w, "# HELP xdprouter_fib FIB size: routes, second-level groups in use and their capacity (a full table refuses inserts), nexthops, ECMP groups, bytes mapped.")
+	fmt.Fprintf(w, "xdprouter_fib_routes{family=\"4\"} %d\nxdprouter_fib_routes{family=\"6\"} %d\n", f.Routes4, f.Routes6)
+	fmt.Fprintf(w, "xdprouter_fib_groups{family=\"4\"} %d\nxdprouter_fib_groups{family=\"6\"} %d\n", f.Groups4, f.Groups6)
+	fmt.Fprintf(w, "xdprouter_fib_groups_capacity{family=\"4\"} %d\nxdprouter_fib_groups_capacity{family=\"6\"} %d\n", f.Groups4Of, f.Groups6Of)
+	fmt.Fprintf(w, "xdprouter_fib_nexthops %d\nxdprouter_fib_ecmp_groups %d\nxdprouter_fib_bytes %d\n", f.Nexthops, f.ECMPGroups, f.Bytes)
+	fmt.Fprintln(w, "# HELP xdprouter_xdp_cpu_packets_total XDP program counters per interface and CPU (per queue under the affinity plan).")
+	fmt.Fprintln(w, "# TYPE xdprouter_xdp_cpu_packets_total counter")
+	for _, n := range names {
+		for _, c := range s.InterfaceCPUs[n] {
+			for _, kv := range []struct {
+				k string
+				v uint64
+			}{{"rx", c.RxPackets}, {"forwarded", c.Forwarded}, {"passed", c.Passed}, {"dropped", c.Dropped}} {
+				fmt.Fprintf(w, "xdprouter_xdp_cpu_packets_total{interface=%q,cpu=\"%d\",counter=%q} %d\n", n, c.CPU, kv.k, kv.v)
+			}
+		}
 	}
 	fmt.Fprintf(w, "xdprouter_up 1\nxdprouter_afxdp_workers %d\n", st.Workers)
 }

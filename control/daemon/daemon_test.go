@@ -165,6 +165,19 @@ func TestDaemonLab(t *testing.T) {
 		t.Errorf("metrics: eth1 to_afxdp %d + eth2 forwarded %d, workers %d+%d; want a sum of %d with the workers forwarding eth1's",
 			toAF, fwd, w0, w1, res.Sent)
 	}
+	if r := metric(t, m, `xdprouter_fib_routes{family="4"}`); r == 0 {
+		t.Errorf("metrics: xdprouter_fib_routes{family=\"4\"} 0, want the lab's routes")
+	}
+	var cpuRx uint64
+	for _, line := range strings.Split(m, "\n") {
+		if strings.HasPrefix(line, `xdprouter_xdp_cpu_packets_total{interface="`+e2+`",`) && strings.Contains(line, `counter="rx"`) {
+			n, _ := strconv.ParseUint(line[strings.LastIndexByte(line, ' ')+1:], 10, 64)
+			cpuRx += n
+		}
+	}
+	if rx := metric(t, m, `xdprouter_xdp_packets_total{interface="`+e2+`",counter="rx_packets"}`); cpuRx != rx || rx == 0 {
+		t.Errorf("metrics: %s rx per CPU adds up to %d, the interface's rx_packets is %d", e2, cpuRx, rx)
+	}
 	if st := unixGet(t, sock, "/status"); !strings.Contains(st, `"engine": "afxdp"`) {
 		t.Errorf("status: %s", st)
 	}

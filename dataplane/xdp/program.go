@@ -429,21 +429,32 @@ func (p *Program) Slot(ifindex int) (uint32, bool) {
 
 // Counters returns an interface's counters summed over CPUs.
 func (p *Program) Counters(ifindex int) (Counters, error) {
-	slot, ok := p.Slot(ifindex)
-	if !ok {
-		return Counters{}, fmt.Errorf("ifindex %d: not served by this program", ifindex)
-	}
-	var per []routerCounters
-	if err := p.objs.Counters.Lookup(slot, &per); err != nil {
-		return Counters{}, fmt.Errorf("read counters of ifindex %d: %w", ifindex, err)
-	}
+	per, err := p.CountersPerCPU(ifindex)
 	var c Counters
 	for _, v := range per {
 		for i := range c {
-			c[i] += v.C[i]
+			c[i] += v[i]
 		}
 	}
-	return c, nil
+	return c, err
+}
+
+// CountersPerCPU returns an interface's counters on each CPU (index =
+// CPU): which CPUs did its work, one per queue under the affinity plan.
+func (p *Program) CountersPerCPU(ifindex int) ([]Counters, error) {
+	slot, ok := p.Slot(ifindex)
+	if !ok {
+		return nil, fmt.Errorf("ifindex %d: not served by this program", ifindex)
+	}
+	var per []routerCounters
+	if err := p.objs.Counters.Lookup(slot, &per); err != nil {
+		return nil, fmt.Errorf("read counters of ifindex %d: %w", ifindex, err)
+	}
+	out := make([]Counters, len(per))
+	for cpu, v := range per {
+		out[cpu] = v.C
+	}
+	return out, nil
 }
 
 // SumCounters returns the counters of several interfaces added up.

@@ -13,9 +13,15 @@ import (
 
 // Times are one CPU's cumulative jiffies, in /proc/stat's column order.
 type Times struct {
-	CPU                                         int
-	User, Nice, System, Idle, IOWait, IRQ, Soft uint64
-	Steal                                       uint64
+	CPU    int    `json:"cpu"`
+	User   uint64 `json:"user"`
+	Nice   uint64 `json:"nice"`
+	System uint64 `json:"system"`
+	Idle   uint64 `json:"idle"`
+	IOWait uint64 `json:"iowait"`
+	IRQ    uint64 `json:"irq"`
+	Soft   uint64 `json:"softirq"`
+	Steal  uint64 `json:"steal"`
 }
 
 func (t Times) total() uint64 {
