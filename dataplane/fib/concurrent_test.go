@@ -160,7 +160,14 @@ func TestConcurrentChurn(t *testing.T) {
 			start := time.Now()
 			ops := 0
 			var failed error
-			for ; failed == nil && time.Since(start) < 1500*time.Millisecond; ops++ {
+			// Churn until the run proves something (enough grace periods
+			// and reads on both sides), however fast this machine's RCU
+			// grace periods are; give up after 30 s.
+			enough := func() bool {
+				return time.Since(start) > 1500*time.Millisecond && tb.Stats().GracePeriods >= 100 &&
+					kernelReads.Load() >= 10000 && reads.Load() >= 1000000
+			}
+			for ; failed == nil && !enough() && time.Since(start) < 30*time.Second; ops++ {
 				i := rng.IntN(len(c.ps))
 				var err error
 				if in[i] {
