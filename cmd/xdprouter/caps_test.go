@@ -182,18 +182,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 			t.Errorf("sink matched %d of %d; XDP forwarded %d, workers %d (want both engines forwarding)",
 				got.MatchedPackets, res.Sent, ss.Interfaces[l.Ingress[0].B.Name]["forwarded"], workers)
 		}
-		if err := p.cmd.Process.Signal(unix.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-p.done:
-			if err != nil {
-				b, _ := os.ReadFile(logPath)
-				t.Errorf("exit after SIGTERM: %v\n%s", err, b)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("daemon still running 20 s after SIGTERM")
-		}
+		p.terminate(t, logPath)
 		leftovers(t)
 	})
 

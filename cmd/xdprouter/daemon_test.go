@@ -56,6 +56,23 @@ func daemonCommand(wrapper []string, config string) *exec.Cmd {
 	return cmd
 }
 
+// terminate sends SIGTERM and waits for a clean exit.
+func (p *daemonProc) terminate(t *testing.T, logPath string) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			b, _ := os.ReadFile(logPath)
+			t.Errorf("daemon exit after SIGTERM: %v\n%s", err, b)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon still running 20 s after SIGTERM")
+	}
+}
+
 // startDaemonUnder starts the daemon through wrapper and waits until its
 // operator socket answers.
 func startDaemonUnder(t *testing.T, wrapper []string, config, sock, logPath string) *daemonProc {
@@ -346,18 +363,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		t.Errorf("routes --check against the daemon: %v\n%s", err, out)
 	}
 
-	if err := d2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-d2.done:
-		if err != nil {
-			b, _ := os.ReadFile(logPath)
-			t.Errorf("daemon exit after SIGTERM: %v\n%s", err, b)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon still running 20 s after SIGTERM")
-	}
+	d2.terminate(t, logPath)
 	if n := xdpLinks(); n != 0 {
 		t.Errorf("after SIGTERM %d interfaces still have XDP", n)
 	}

@@ -123,11 +123,13 @@ func TestRunFlags(t *testing.T) {
 		want    string // fmt of the interesting fields
 		wantErr string
 	}{
-		{"file only", []string{"--config", file}, "[{eth9 afxdp false}] table 100 cpus [1] hk [] aff false metrics off", ""},
+		{"file only", []string{"--config", file}, "[{eth9 afxdp false}] table 100 cpus [1] hk [] aff false metrics off sock /run/xdprouter/xdprouter.sock pins \"\" ns \"\"", ""},
 		{"flags replace interfaces", []string{"--config", file, "--xdp", "eth1,eth2", "--pass", "eth3", "--table", "254"},
-			"[{eth1 xdp false} {eth2 xdp false} {eth3 pass false}] table 254 cpus [1] hk [] aff false metrics off", ""},
+			"[{eth1 xdp false} {eth2 xdp false} {eth3 pass false}] table 254 cpus [1] hk [] aff false metrics off sock /run/xdprouter/xdprouter.sock pins \"\" ns \"\"", ""},
+		{"endpoints, pins, namespace", []string{"--config", file, "--socket", "/tmp/x.sock", "--pin-path", "/sys/fs/bpf/x", "--namespace", "lab-rtr", "--metrics", "off"},
+			"[{eth9 afxdp false}] table 100 cpus [1] hk [] aff false metrics off sock /tmp/x.sock pins \"/sys/fs/bpf/x\" ns \"lab-rtr\"", ""},
 		{"no file at the default path", []string{"--afxdp", "eth1", "--cpus", "1", "--housekeeping-cpus", "0", "--affinity", "--metrics", "127.0.0.1:9999"},
-			"[{eth1 afxdp false}] table 254 cpus [1] hk [0] aff true metrics 127.0.0.1:9999", ""},
+			"[{eth1 afxdp false}] table 254 cpus [1] hk [0] aff true metrics 127.0.0.1:9999 sock /run/xdprouter/xdprouter.sock pins \"\" ns \"\"", ""},
 		{"named file missing", []string{"--config", filepath.Join(dir, "nope.yaml"), "--xdp", "eth1"}, "", "read config"},
 		{"bad cpu list", []string{"--xdp", "eth1", "--cpus", "x"}, "", "--cpus"},
 		{"nothing at all", nil, "", "interfaces: none"},
@@ -153,7 +155,7 @@ func TestRunFlags(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := fmt.Sprintf("%v table %d cpus %v hk %v aff %v metrics %s", cfg.Interfaces, cfg.Table, cfg.CPUs, cfg.Housekeeping, cfg.Affinity, cfg.Metrics)
+			got := fmt.Sprintf("%v table %d cpus %v hk %v aff %v metrics %s sock %s pins %q ns %q", cfg.Interfaces, cfg.Table, cfg.CPUs, cfg.Housekeeping, cfg.Affinity, cfg.Metrics, cfg.Control, cfg.PinPath, cfg.Namespace)
 			if got != tt.want {
 				t.Errorf("config\n got %s\nwant %s", got, tt.want)
 			}

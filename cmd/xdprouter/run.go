@@ -80,17 +80,15 @@ func (f *runFlags) config(cmd *cobra.Command) (daemon.Config, error) {
 	if fl.Changed("affinity") {
 		cfg.Affinity = f.affinity
 	}
-	if fl.Changed("namespace") {
-		cfg.Namespace = f.namespace
-	}
-	if fl.Changed("pin-path") {
-		cfg.PinPath = f.pinPath
-	}
-	if fl.Changed("metrics") {
-		cfg.Metrics = f.metrics
-	}
-	if fl.Changed("socket") {
-		cfg.Control = f.socket
+	for _, o := range []struct {
+		flag string
+		dst  *string
+		v    string
+	}{{"namespace", &cfg.Namespace, f.namespace}, {"pin-path", &cfg.PinPath, f.pinPath},
+		{"metrics", &cfg.Metrics, f.metrics}, {"socket", &cfg.Control, f.socket}} {
+		if fl.Changed(o.flag) {
+			*o.dst = o.v
+		}
 	}
 	if fl.Changed("table") {
 		cfg.Table = f.table
