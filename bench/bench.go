@@ -315,9 +315,9 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 	}
 	defer sk.Close()
 	if s.tune != tuneNone {
-		record, err := tune(l, s.tune)
-		if err != nil {
-			return Trial{}, err
+		record, terr := tune(l, s.tune)
+		if terr != nil {
+			return Trial{}, terr
 		}
 		defer func() {
 			if uerr := untune(l, record); uerr != nil && err == nil {

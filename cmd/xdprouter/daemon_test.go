@@ -229,6 +229,17 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 
 	d2 := startDaemon(t, config, sock, logPath)
 	checkAffinity(t, l, sock, d2.cmd.Process.Pid)
+	// Another daemon on the same pins (own socket) is refused untouched.
+	other := filepath.Join(dir, "other.yaml")
+	if err := os.WriteFile(other, []byte(strings.Replace(yaml, sock, filepath.Join(dir, "other.sock"), 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	out2, err := cmdOutput(ctx, daemonCommand(nil, other))
+	cancel()
+	if err == nil || !strings.Contains(out2, "is in use by another xdprouter") {
+		t.Errorf("a second daemon on the same pin_path: %v\n%s", err, out2)
+	}
 	out, err := run("status", "--socket", sock, "--json")
 	if err != nil {
 		t.Fatal(err)

@@ -199,6 +199,18 @@ func TestStatsRates(t *testing.T) {
 			t.Errorf("row %d:\n got %+v\nwant %+v", i, g, w)
 		}
 	}
+	// A restarted daemon or worker set: counters went down, no row
+	// rather than a rate of 1.8e19 pps.
+	c := b
+	c.At = b.At.Add(time.Second)
+	c.Interfaces = map[string]map[string]uint64{"eth1": {"rx_packets": 5}}
+	c.InterfaceCPUs = map[string][]daemon.CPUCounters{"eth1": {{CPU: 1, RxPackets: 5}}}
+	c.Workers = []engine.WorkerStats{{Queue: 0, CPU: 1, RxPackets: 1}}
+	for _, r := range statsRates(b, c) {
+		if r.Kind != "cpu" {
+			t.Errorf("after a counter reset: row %+v", r)
+		}
+	}
 	var out bytes.Buffer
 	printRates(&out, b.At, got)
 	for _, s := range []string{"eth1", "  cpu1", "worker q0", "on cpu1", "softirq  60%"} {

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -54,25 +56,33 @@ and exits 1 if there are any.`,
 			var st netlink.Stats
 			var checkFn func(ps []netip.Prefix) ([]netlink.Difference, error)
 			_, statErr := os.Stat(sock)
-			if !local && ns == "" && !cmd.Flags().Changed("table") && statErr == nil {
-				// The running daemon's live mirror.
+			useDaemon := !local && ns == "" && !cmd.Flags().Changed("table") && statErr == nil
+			if useDaemon {
+				// The running daemon's live mirror. A socket nobody
+				// answers on is a killed daemon's: mirror locally.
 				var rep daemon.RoutesReply
-				if err := get(sock, "/routes", &rep); err != nil {
+				err := getWithin(sock, "/routes", &rep, routesTimeout)
+				switch {
+				case errors.Is(err, syscall.ECONNREFUSED):
+					fmt.Fprintf(cmd.ErrOrStderr(), "no daemon answers on %s: mirroring the kernel table here\n", sock)
+					useDaemon = false
+				case err != nil:
 					return err
 				}
 				entries, st = rep.Routes, rep.Stats
-				if check {
+				if useDaemon && check {
 					n := sample
 					if checkAll {
 						n = 0
 					}
 					var cr daemon.CheckReply
-					if err := get(sock, fmt.Sprintf("/routes/check?sample=%d", n), &cr); err != nil {
+					if err := getWithin(sock, fmt.Sprintf("/routes/check?sample=%d", n), &cr, routesTimeout); err != nil {
 						return err
 					}
 					return printCheck(w, asJSON, cr)
 				}
-			} else {
+			}
+			if !useDaemon {
 				tb, err := fib.New(fib.Config{})
 				if err != nil {
 					return err
@@ -94,7 +104,7 @@ and exits 1 if there are any.`,
 					ps = append(ps, e.Prefix)
 				}
 				cr := daemon.CheckReply{Of: len(ps)}
-				if !checkAll && len(ps) > sample {
+				if !checkAll && sample > 0 && len(ps) > sample {
 					rand.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
 					ps = ps[:sample]
 				}

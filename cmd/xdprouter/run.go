@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/control/daemon"
+	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/internal/cpustat"
 )
 
@@ -166,15 +168,22 @@ default path, the flags are the whole config.`,
 }
 
 // client talks HTTP to the daemon's operator socket.
-func client(sock string) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+func client(sock string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 		}}}
 }
 
-func get(sock, path string, v any) error {
-	resp, err := client(sock).Get("http://xdprouter" + path)
+// routesTimeout bounds /routes and /routes/check, which walk the whole
+// FIB (and, for the check, ask the kernel once per prefix).
+const routesTimeout = 10 * time.Minute
+
+// get reads path from the daemon into v, within 5 s.
+func get(sock, path string, v any) error { return getWithin(sock, path, v, 5*time.Second) }
+
+func getWithin(sock, path string, v any, timeout time.Duration) error {
+	resp, err := client(sock, timeout).Get("http://xdprouter" + path)
 	if err != nil {
 		return fmt.Errorf("daemon at %s: %w (is 'xdprouter run' running? --socket)", sock, err)
 	}
@@ -330,6 +339,9 @@ func statsRates(a, b daemon.Stats) []Rates {
 	sort.Strings(names)
 	for _, n := range names {
 		x, y := a.Interfaces[n], b.Interfaces[n]
+		if y["rx_packets"] < x["rx_packets"] {
+			continue // counters restarted (a restarted daemon): no rate this second
+		}
 		d := func(k string) float64 { return rate(x[k], y[k]) }
 		var pass, drop float64
 		for k := range y {
@@ -349,17 +361,18 @@ func statsRates(a, b daemon.Stats) []Rates {
 					cx = c
 				}
 			}
-			if cy.RxPackets == cx.RxPackets {
-				continue
+			if cy.RxPackets <= cx.RxPackets {
+				continue // idle, or counters restarted
 			}
 			out = append(out, Rates{Kind: "interface_cpu", Name: n, CPU: cy.CPU, RxPPS: rate(cx.RxPackets, cy.RxPackets),
 				FwdPPS: rate(cx.Forwarded, cy.Forwarded), RxMbps: rate(cx.RxBytes, cy.RxBytes) * 8 / 1e6,
 				PassPPS: rate(cx.Passed, cy.Passed), DropPPS: rate(cx.Dropped, cy.Dropped)})
 		}
 	}
-	for i, wk := range b.Workers {
-		if i >= len(a.Workers) {
-			break
+	for _, wk := range b.Workers {
+		i := slices.IndexFunc(a.Workers, func(o engine.WorkerStats) bool { return o.Queue == wk.Queue })
+		if i < 0 || a.Workers[i].RxPackets > wk.RxPackets || a.Workers[i].Forwarded > wk.Forwarded {
+			continue // a new worker (reload): its rate starts next second
 		}
 		o := a.Workers[i]
 		cpu := (wk.UserTime + wk.SystemTime - o.UserTime - o.SystemTime).Seconds() / dt * 100

@@ -155,32 +155,55 @@ func (d *Daemon) handler() *http.ServeMux {
 	mux.HandleFunc("GET /routes/check", func(w http.ResponseWriter, r *http.Request) {
 		sample, _ := strconv.Atoi(r.URL.Query().Get("sample"))
 		var out CheckReply
+		var ps []netip.Prefix
 		err := d.mirrorCall(r.Context(), func(m *netlink.Mirror) error {
-			var ps []netip.Prefix
 			for _, e := range m.Entries() {
 				ps = append(ps, e.Prefix)
 			}
-			out.Of = len(ps)
-			if sample > 0 && len(ps) > sample {
-				rand.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
-				ps = ps[:sample]
-			}
-			out.Checked = len(ps)
-			var err error
-			out.Differences, err = m.Check(ps)
-			return err
+			return nil
 		})
+		out.Of = len(ps)
+		if sample > 0 && len(ps) > sample {
+			rand.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
+			ps = ps[:sample]
+		}
+		// A chunk at a time on the mirror's loop, so route and neighbour
+		// changes keep flowing into the FIB while a full table is checked;
+		// a client that goes away ends the check.
+		const chunk = 256
+		for i := 0; err == nil && i < len(ps); i += chunk {
+			part := ps[i:min(i+chunk, len(ps))]
+			err = d.mirrorCall(r.Context(), func(m *netlink.Mirror) error {
+				diffs, err := m.Check(part)
+				out.Differences = append(out.Differences, diffs...)
+				return err
+			})
+			if err == nil {
+				err = r.Context().Err()
+			}
+			out.Checked += len(part)
+		}
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		writeJSON(w, out)
 	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		WriteMetrics(w, d.Stats(), d.Status())
-	})
+	mux.HandleFunc("GET /metrics", d.serveMetrics)
 	return mux
+}
+
+// metricsHandler serves only /metrics: what the TCP listener exposes (the
+// operator socket, mode 0600, serves everything).
+func (d *Daemon) metricsHandler() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", d.serveMetrics)
+	return mux
+}
+
+func (d *Daemon) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	WriteMetrics(w, d.Stats(), d.Status())
 }
 
 // RoutesReply is /routes: the FIB as the daemon's mirror installed it.

@@ -85,7 +85,7 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	lock, err := lockInstance(cfg.Control)
+	lock, err := lockInstance(cfg.Control, cfg.PinPath)
 	if err != nil {
 		return nil, err // touch nothing: it belongs to the running daemon
 	}
@@ -150,6 +150,13 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	// Attachments an earlier process pinned on interfaces no longer
+	// configured would forward on with a FIB nobody updates.
+	if n, err := d.prog.DetachStale(); err != nil {
+		return nil, err
+	} else if n > 0 {
+		slog.Warn("detached XDP attachments of interfaces no longer configured", "count", n)
 	}
 	// 2. The FIB from the kernel, then follow it.
 	serve := map[int]bool{}
@@ -238,7 +245,8 @@ func (d *Daemon) applyEngines(old *Config, cfg Config) error {
 			}
 		}
 	}
-	restart := old == nil || !slices.Equal(afxdpNames(*old), afxdpNames(cfg)) ||
+	restart := old == nil || (d.eng == nil && len(afxdp) > 0) || // a failed reload stopped them
+		!slices.Equal(afxdpNames(*old), afxdpNames(cfg)) ||
 		!slices.Equal(old.CPUs, cfg.CPUs) || old.Queues != cfg.Queues || old.Socket != cfg.Socket || old.Spin != cfg.Spin
 	if restart {
 		if err := d.stopEngine(); err != nil {
@@ -360,7 +368,8 @@ func (d *Daemon) Stop() error {
 			return errors.Join(errs...)
 		}))
 		if d.cfg.PinPath != "" {
-			errs = append(errs, d.prog.Unpin())
+			_, err := d.prog.DetachStale()
+			errs = append(errs, err, d.prog.Unpin())
 		}
 		errs = append(errs, d.prog.Close())
 		d.prog = nil
@@ -370,7 +379,6 @@ func (d *Daemon) Stop() error {
 			errs = append(errs, d.table.Unpin())
 			_ = os.Remove(filepath.Join(d.cfg.PinPath, "fib"))
 			_ = os.Remove(filepath.Join(d.cfg.PinPath, "prog"))
-			_ = os.Remove(d.cfg.PinPath)
 		}
 		errs = append(errs, d.table.Close())
 		d.table = nil
@@ -379,6 +387,9 @@ func (d *Daemon) Stop() error {
 	if d.oldMask != nil {
 		errs = append(errs, setAllThreads(d.oldMask))
 		d.oldMask = nil
+	}
+	if d.cfg.PinPath != "" {
+		_ = os.Remove(d.cfg.PinPath) // only if empty: made by the lock, or left by us
 	}
 	d.lock.release()
 	d.lock = nil
@@ -408,7 +419,7 @@ func (d *Daemon) serve() error {
 		if err != nil {
 			return fmt.Errorf("metrics on %s: %w", d.cfg.Metrics, err)
 		}
-		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		ms := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		d.servers = append(d.servers, ms)
 		go ms.Serve(ml)
 	}

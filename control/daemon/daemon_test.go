@@ -108,7 +108,14 @@ func TestDaemonLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "x.sock")
-	cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: sock, CPUs: []int{0, 1 % runtime.NumCPU()},
+	// A free loopback port for the metrics listener.
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := pl.Addr().String()
+	pl.Close()
+	cfg := Config{Namespace: l.RouterNS, Metrics: metricsAddr, Control: sock, CPUs: []int{0, 1 % runtime.NumCPU()},
 		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "afxdp"}, {Name: l.Ingress[1].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "pass"}},
 		FIB:        FIBConfig{Groups4: 64, Groups6: 64, Nexthops: 64}}
 	d, err := Start(context.Background(), cfg)
@@ -123,6 +130,19 @@ func TestDaemonLab(t *testing.T) {
 	}()
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("control socket: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	// The TCP listener serves /metrics and nothing else: the routes and
+	// their check (which walks the table) are for the 0600 socket only.
+	for path, want := range map[string]int{"/metrics": http.StatusOK, "/routes": http.StatusNotFound,
+		"/routes/check?sample=0": http.StatusNotFound, "/status": http.StatusNotFound} {
+		resp, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatalf("metrics listener %s: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("metrics listener %s: HTTP %d, want %d", path, resp.StatusCode, want)
+		}
 	}
 	// A second daemon with the same control socket refuses to start and
 	// leaves the first one's socket, program and workers alone.

@@ -95,10 +95,10 @@ func newWorker(e *Engine, q, cpu int) *worker {
 }
 
 // run is the worker's goroutine: locked to its thread, the thread pinned
-// to the worker's CPU.
+// to the worker's CPU. The thread is never unlocked: it exits with the
+// goroutine, so no other goroutine inherits its one-CPU mask.
 func (w *worker) run(started chan<- error) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	defer close(w.done)
 	defer w.r.Close()
 	w.tid.Store(int64(unix.Gettid()))

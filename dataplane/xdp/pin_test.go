@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,5 +109,78 @@ func TestRestartWithPinnedMaps(t *testing.T) {
 	}
 	if err := tb.Unpin(); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestDetachStale: attachments pinned by a process that died (links
+// closed, pins left) are taken over where the new program attaches and
+// detached by DetachStale everywhere else, so no interface keeps an
+// orphaned program.
+func TestDetachStale(t *testing.T) {
+	r := newRig(t, SourceFIB)
+	l := r.lab
+	dir := fmt.Sprintf("/sys/fs/bpf/xdprouter-stale-%d", os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	load := func() *Program {
+		t.Helper()
+		prog, err := Load(nil, Options{Source: SourceStatic, PinPath: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return prog
+	}
+	attached := func() string {
+		out, _ := exec.Command("ip", "-n", l.RouterNS, "-o", "link", "show").CombinedOutput()
+		var names []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, "prog/xdp") {
+				names = append(names, strings.TrimSuffix(strings.Fields(line)[1], ":"))
+			}
+		}
+		return strings.Join(names, ",")
+	}
+	inNS := func(fn func() error) {
+		t.Helper()
+		if err := lab.InNamespace(l.RouterNS, fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := load()
+	inNS(func() error {
+		for _, lk := range l.Ingress {
+			if err := first.Attach(lk.B.Index, EngineXDP, AttachOptions{}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	pins, _ := filepath.Glob(filepath.Join(dir, "link-*-*"))
+	if len(pins) != 2 {
+		t.Fatalf("link pins %v, want two named link-NETNS-IFINDEX", pins)
+	}
+	// Die without detaching: close every descriptor, leave the pins.
+	for _, lk := range first.links {
+		lk.Close()
+	}
+	first.objs.Close()
+	if got := attached(); strings.Count(got, ",") != 1 {
+		t.Fatalf("after the first program died XDP is on %q, want both ingress interfaces", got)
+	}
+
+	second := load()
+	defer func() {
+		_ = second.Close()
+		_ = second.Unpin()
+	}()
+	inNS(func() error { return second.Attach(l.Ingress[0].B.Index, EngineXDP, AttachOptions{}) })
+	n, err := second.DetachStale()
+	if err != nil || n != 1 {
+		t.Fatalf("DetachStale: %d, %v; want the one attachment not taken over", n, err)
+	}
+	if got := attached(); !strings.HasPrefix(got, l.Ingress[0].B.Name) || strings.Contains(got, ",") {
+		t.Errorf("after DetachStale XDP is on %q, want %s only", got, l.Ingress[0].B.Name)
+	}
+	if pins, _ := filepath.Glob(filepath.Join(dir, "link-*")); len(pins) != 1 {
+		t.Errorf("link pins left: %v, want the taken-over one", pins)
 	}
 }

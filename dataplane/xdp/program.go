@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/xdprouter/xdprouter/dataplane/bpffs"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
@@ -89,6 +90,7 @@ type Program struct {
 	objs  routerObjects
 	opts  Options
 	links map[int]link.Link // by ifindex: attachments we made
+	pins  map[int]string    // by ifindex: where each is pinned (Options.PinPath)
 	slots map[int]uint32    // by ifindex
 	free  []uint32
 }
@@ -128,7 +130,7 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 			spec.Maps[name].MaxEntries = 1
 		}
 	}
-	p := &Program{opts: opts, links: map[int]link.Link{}, slots: map[int]uint32{}}
+	p := &Program{opts: opts, links: map[int]link.Link{}, pins: map[int]string{}, slots: map[int]uint32{}}
 	copts := &ebpf.CollectionOptions{MapReplacements: repl}
 	if opts.PinPath != "" {
 		if err := bpffs.Ensure(opts.PinPath); err != nil {
@@ -201,6 +203,7 @@ func (p *Program) Close() error {
 			errs = append(errs, fmt.Errorf("detach from ifindex %d: %w", ifindex, err))
 		}
 		delete(p.links, ifindex)
+		delete(p.pins, ifindex)
 	}
 	errs = append(errs, p.objs.Close())
 	return errors.Join(errs...)
@@ -278,7 +281,7 @@ func (p *Program) Attach(ifindex int, e Engine, o AttachOptions) error {
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 			err := l.Update(p.objs.XdpRouter)
 			if err == nil {
-				p.links[ifindex] = l
+				p.links[ifindex], p.pins[ifindex] = l, pin
 				slog.Info("took over the XDP attachment of an earlier process", "ifindex", ifindex)
 				return nil
 			}
@@ -298,17 +301,61 @@ func (p *Program) Attach(ifindex int, e Engine, o AttachOptions) error {
 			return fmt.Errorf("pin the XDP attachment of ifindex %d: %w", ifindex, err)
 		}
 	}
-	p.links[ifindex] = l
+	p.links[ifindex], p.pins[ifindex] = l, pin
 	return nil
 }
 
 // linkPin is where an interface's attachment is pinned ("" without
-// Options.PinPath).
+// Options.PinPath): named by the calling thread's network namespace and
+// the ifindex, since ifindexes repeat across namespaces.
 func (p *Program) linkPin(ifindex int) string {
 	if p.opts.PinPath == "" {
 		return ""
 	}
-	return filepath.Join(p.opts.PinPath, fmt.Sprintf("link-%d", ifindex))
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return filepath.Join(p.opts.PinPath, fmt.Sprintf("link-%d", ifindex))
+	}
+	return filepath.Join(p.opts.PinPath, fmt.Sprintf("link-%d-%d", st.Ino, ifindex))
+}
+
+// DetachStale detaches every attachment pinned under Options.PinPath that
+// this program did not attach or take over: those an earlier process left
+// on interfaces no longer configured, which would otherwise forward with
+// a FIB nobody updates. It returns how many it detached.
+func (p *Program) DetachStale() (int, error) {
+	if p.opts.PinPath == "" {
+		return 0, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	paths, err := filepath.Glob(filepath.Join(p.opts.PinPath, "link-*"))
+	if err != nil {
+		return 0, err
+	}
+	ours := map[string]bool{}
+	for _, pin := range p.pins {
+		ours[pin] = true
+	}
+	n := 0
+	var errs []error
+	for _, path := range paths {
+		if ours[path] {
+			continue
+		}
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stale attachment %s: %w", path, err))
+			continue
+		}
+		if err := errors.Join(l.Unpin(), l.Close()); err != nil {
+			errs = append(errs, fmt.Errorf("detach stale attachment %s: %w", path, err))
+			continue
+		}
+		slog.Info("detached a stale XDP attachment of an earlier process", "pin", path)
+		n++
+	}
+	return n, errors.Join(errs...)
 }
 
 // Detach removes the program from an interface it attached to.
@@ -320,6 +367,7 @@ func (p *Program) Detach(ifindex int) error {
 		return fmt.Errorf("ifindex %d: not attached by this program", ifindex)
 	}
 	delete(p.links, ifindex)
+	delete(p.pins, ifindex)
 	var errs []error
 	errs = append(errs, l.Unpin()) // nothing to do when not pinned
 	errs = append(errs, l.Close())
