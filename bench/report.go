@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"context"
 	"fmt"
 	"net/netip"
@@ -158,6 +159,38 @@ type ScenarioInfo struct {
 	Description string `json:"description"`
 }
 
+// Validate reports every bad option at once, before anything is set up.
+func (o SweepOptions) Validate() error {
+	o = o.withDefaults()
+	var errs []error
+	for _, n := range o.Scenarios {
+		if _, err := ScenarioByName(n); err != nil {
+			errs = append(errs, fmt.Errorf("scenarios: %w", err))
+		}
+	}
+	for _, r := range o.Routes {
+		if r != "1" && r != "full" {
+			errs = append(errs, fmt.Errorf("routes %q: use 1 or full", r))
+		}
+	}
+	if o.Family != 4 && o.Family != 6 {
+		errs = append(errs, fmt.Errorf("family %d: use 4 or 6", o.Family))
+	}
+	min := gen.MinSize4
+	if o.Family == 6 {
+		min = gen.MinSize6
+	}
+	for _, size := range o.Sizes {
+		if size < min || size > gen.MaxSize {
+			errs = append(errs, fmt.Errorf("size %d: use %d to %d bytes (FCS included)", size, min, gen.MaxSize))
+		}
+	}
+	if o.NDRResolution < 0 || o.NDRResolution >= 1 {
+		errs = append(errs, fmt.Errorf("ndr resolution %g: use a fraction between 0 and 1", o.NDRResolution))
+	}
+	return errors.Join(errs...)
+}
+
 // SweepReport is the whole report: every scenario at every size with
 // every route set, and the throughput searches.
 type SweepReport struct {
@@ -185,22 +218,14 @@ type SweepReport struct {
 // throughput search of every scenario. progress, if set, gets one line
 // per trial.
 func Sweep(ctx context.Context, o SweepOptions, progress func(string)) (*SweepReport, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	o = o.withDefaults()
 	var scen []Scenario
 	for _, n := range o.Scenarios {
-		s, err := ScenarioByName(n)
-		if err != nil {
-			return nil, err
-		}
+		s, _ := ScenarioByName(n)
 		scen = append(scen, s)
-	}
-	for _, r := range o.Routes {
-		if r != "1" && r != "full" {
-			return nil, fmt.Errorf("routes %q: use 1 or full", r)
-		}
-	}
-	if o.NDRResolution < 0 || o.NDRResolution >= 1 {
-		return nil, fmt.Errorf("ndr resolution %g: use a fraction between 0 and 1", o.NDRResolution)
 	}
 	l := o.Lab
 	if l == nil {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -103,20 +105,35 @@ func TestCommandLine(t *testing.T) {
 	}
 }
 
+// TestBadFlags: every bad value is refused, naming what is wrong, before
+// anything is set up (the report's are checked without root).
 func TestBadFlags(t *testing.T) {
-	tests := [][]string{
-		{"gen", "--lab", "nosuchlab"},
-		{"run", "--scenarios", "warp"},
-		{"run", "--cpus", "3-1"},
-		{"lab", "up", "--name", "Bad Name"},
-		{"report", "--sizes", "64,x"},
-		{"report", "--routes", "2"},
-		{"report", "--scenarios", "kernel,warp"},
-		{"report", "--sizes", "63", "--routes", "1"},
+	tests := []struct {
+		args []string
+		want string // in the error; "" for commands that need root first
+	}{
+		{[]string{"gen", "--lab", "nosuchlab"}, ""},
+		{[]string{"run", "--scenarios", "warp"}, ""},
+		{[]string{"run", "--cpus", "3-1"}, ""},
+		{[]string{"lab", "up", "--name", "Bad Name"}, ""},
+		{[]string{"report", "--sizes", "64,x"}, "--sizes"},
+		{[]string{"report", "--routes", "2"}, `routes "2"`},
+		{[]string{"report", "--scenarios", "kernel,warp"}, "warp"},
+		{[]string{"report", "--sizes", "63", "--routes", "1"}, "size 63"},
+		{[]string{"report", "--sizes", "64", "--family", "6", "--ndr-resolution", "1.5"}, "ndr resolution"},
 	}
-	for _, args := range tests {
-		if out, err := xdpbench(context.Background(), args...); err == nil {
-			t.Errorf("xdpbench %v succeeded: %s", args, out)
+	for _, tt := range tests {
+		dir := t.TempDir()
+		args := tt.args
+		if args[0] == "report" {
+			args = append(slices.Clone(args), "--out", dir+"/r")
+		}
+		out, err := xdpbench(context.Background(), args...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("xdpbench %v: %v, want an error naming %q: %s", tt.args, err, tt.want, out)
+		}
+		if _, serr := os.Stat(dir + "/r"); tt.args[0] == "report" && serr == nil {
+			t.Errorf("xdpbench %v created its output directory", tt.args)
 		}
 	}
 }

@@ -86,6 +86,9 @@ earlier run's report.json again, without running anything.`,
 					return fmt.Errorf("--cpus: %w", err)
 				}
 			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
 			if err := lab.RequireRoot(); err != nil {
 				return err
 			}

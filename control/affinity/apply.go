@@ -111,22 +111,19 @@ func Apply(root string, ws []Write) ([]Write, error) {
 	for _, w := range ws {
 		if w.Channels {
 			if err := setChannels(root, w.Path, w.Value); err != nil {
-				rerr := Restore(root, done)
-				return nil, fmt.Errorf("%s: %w (restored: %v)", w.What, err, rerr)
+				return nil, undo(root, done, fmt.Errorf("%s: %w", w.What, err))
 			}
 			done = append(done, w)
 			continue
 		}
 		path := filepath.Join(root, w.Path)
 		if err := os.WriteFile(path, []byte(w.Value+"\n"), 0o644); err != nil {
-			rerr := Restore(root, done)
-			return nil, fmt.Errorf("%s: write %s to %s: %w (restored: %v)", w.What, w.Value, w.Path, err, rerr)
+			return nil, undo(root, done, fmt.Errorf("%s: write %s to %s: %w", w.What, w.Value, w.Path, err))
 		}
 		done = append(done, w)
 		got, err := readTrim(path)
 		if err != nil || !sameValue(w.Path, got, w.Value) {
-			rerr := Restore(root, done)
-			return nil, fmt.Errorf("%s: wrote %s to %s, read back %q (restored: %v)", w.What, w.Value, w.Path, got, rerr)
+			return nil, undo(root, done, fmt.Errorf("%s: wrote %s to %s, read back %q", w.What, w.Value, w.Path, got))
 		}
 	}
 	return done, nil
@@ -192,7 +189,29 @@ func SaveRecord(path string, record []Write) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, b, 0o600)
+	// Written aside and renamed: a crash leaves the old record or the new
+	// one, never half of one.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// ErrNotRestored marks an Apply failure whose undo failed too: the host
+// is left partly changed, and the record must be kept.
+var ErrNotRestored = errors.New("the writes made so far could not all be undone")
+
+// undo restores what Apply wrote before failing with err.
+func undo(root string, done []Write, err error) error {
+	if rerr := Restore(root, done); rerr != nil {
+		return fmt.Errorf("%w; %w: %v", err, ErrNotRestored, rerr)
+	}
+	return fmt.Errorf("%w (undone)", err)
 }
 
 // LoadRecord reads a record SaveRecord wrote.

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdprouter/xdprouter/control/affinity"
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
 	"github.com/xdprouter/xdprouter/internal/netnsrun"
 )
 
@@ -35,14 +36,6 @@ func inSysfs(ns string, fn func(root string) error) error {
 // the plan, records it, and returns the worker CPUs the plan chose.
 func (d *Daemon) applyAffinity(cfg Config) ([]int, error) {
 	path := cfg.affinityRecord()
-	if old, err := affinity.LoadRecord(path); err == nil {
-		err := inSysfs(cfg.Namespace, func(root string) error { return affinity.Restore(root, old) })
-		if err != nil {
-			return nil, fmt.Errorf("restore the affinity a killed daemon left (%s): %w", path, err)
-		}
-		_ = os.Remove(path)
-		slog.Info("restored the affinity a killed daemon applied", "writes", len(old))
-	}
 	var workers []int
 	err := inSysfs(cfg.Namespace, func(root string) error {
 		h, err := affinity.Discover(root)
@@ -78,7 +71,9 @@ func (d *Daemon) applyAffinity(cfg Config) ([]int, error) {
 		}
 		done, err := affinity.Apply(root, ws)
 		if err != nil {
-			_ = os.Remove(path)
+			if !errors.Is(err, affinity.ErrNotRestored) {
+				_ = os.Remove(path) // undone: nothing left to restore
+			}
 			return err
 		}
 		d.affinity = done
@@ -96,6 +91,26 @@ func (d *Daemon) applyAffinity(cfg Config) ([]int, error) {
 	return workers, nil
 }
 
+// restoreLeftoverAffinity restores the record a killed daemon left,
+// whatever this start's config says about affinity. A record that cannot
+// be read stops the start: applying over it would lose the host's values.
+func restoreLeftoverAffinity(cfg Config) error {
+	path := cfg.affinityRecord()
+	old, err := affinity.LoadRecord(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: restore it by hand (xdprouter affinity restore --record %s) or remove it", err, path)
+	}
+	if err := inSysfs(cfg.Namespace, func(root string) error { return affinity.Restore(root, old) }); err != nil {
+		return fmt.Errorf("restore the affinity a killed daemon left (%s): %w", path, err)
+	}
+	_ = os.Remove(path)
+	slog.Info("restored the affinity a killed daemon applied", "writes", len(old))
+	return nil
+}
+
 // restoreAffinity puts back what applyAffinity changed.
 func (d *Daemon) restoreAffinity() error {
 	if len(d.affinity) == 0 {
@@ -110,13 +125,17 @@ func (d *Daemon) restoreAffinity() error {
 }
 
 // queues is how many workers the plan has to place: the configured count,
-// or the fewest queues of the planned interfaces.
+// or the fewest queues of the afxdp interfaces (the engine's rule).
 func (c Config) queues(p *affinity.Plan) int {
 	if c.Queues > 0 {
 		return c.Queues
 	}
+	engines := c.engines()
 	n := 0
 	for _, ip := range p.Ifaces {
+		if engines[ip.Name] != xdp.EngineAFXDP {
+			continue // workers serve the afxdp interfaces' queues only
+		}
 		if n == 0 || ip.Queues < n {
 			n = ip.Queues
 		}

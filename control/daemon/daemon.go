@@ -102,7 +102,11 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	if err := d.resolve(cfg); err != nil {
 		return nil, err
 	}
-	// 0. The control plane on the housekeeping CPUs, the queues on theirs.
+	// 0. What a killed daemon changed goes back first; then the control
+	// plane on the housekeeping CPUs, the queues on theirs.
+	if err := restoreLeftoverAffinity(cfg); err != nil {
+		return nil, err
+	}
 	if d.oldMask, err = pinHousekeeping(cfg.Housekeeping); err != nil {
 		return nil, err
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
+	"github.com/xdprouter/xdprouter/control/affinity"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
 	"github.com/xdprouter/xdprouter/internal/testutil"
 	"github.com/xdprouter/xdprouter/lab"
 )
@@ -233,5 +235,74 @@ func TestDaemonLab(t *testing.T) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left: %v", p, err)
 		}
+	}
+}
+
+// TestLeftoverAffinity: a start restores the affinity record a killed
+// daemon left even when this config applies no affinity, and refuses to
+// start over a record it cannot read (it would lose the host's values).
+func TestLeftoverAffinity(t *testing.T) {
+	testutil.Privileged(t)
+	name := testutil.LabName()
+	t.Cleanup(func() { _ = lab.Down(name) })
+	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(dir, "x.sock"),
+		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "pass"}},
+		FIB:        FIBConfig{Groups4: 64, Groups6: 64, Nexthops: 64}}
+	xps := "sys/class/net/" + l.Ingress[0].B.Name + "/queues/tx-0/xps_cpus"
+	read := func() string {
+		var v string
+		err := netnsrun.DoSysfs(l.RouterNS, func() error {
+			b, err := os.ReadFile("/" + xps)
+			v = strings.TrimSpace(string(b))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	orig := read()
+	// What a daemon killed after applying its plan leaves: the change
+	// made and its record.
+	w := []affinity.Write{{Path: xps, Value: "2", Old: orig, What: "eth1 tx queue 0 XPS -> cpus 1"}}
+	if orig == "2" {
+		w[0].Value = "1"
+	}
+	if err := netnsrun.DoSysfs(l.RouterNS, func() error { _, err := affinity.Apply("/", w); return err }); err != nil {
+		t.Fatal(err)
+	}
+	record := cfg.WithDefaults().affinityRecord()
+	if err := affinity.SaveRecord(record, w); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got != orig {
+		t.Errorf("xps_cpus %q after a start without affinity, want the restored %q", got, orig)
+	}
+	if _, err := os.Stat(record); !os.IsNotExist(err) {
+		t.Errorf("record still there after it was restored: %v", err)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(record, []byte("{half a reco"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := Start(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "restore it by hand") {
+		if d != nil {
+			d.Stop()
+		}
+		t.Errorf("start over an unreadable record: %v, want refused", err)
+	}
+	if out, _ := exec.Command("ip", "-n", l.RouterNS, "link", "show").CombinedOutput(); strings.Contains(string(out), "prog/xdp") {
+		t.Errorf("a refused start left XDP attached:\n%s", out)
 	}
 }

@@ -135,9 +135,18 @@ func New(table *fib.Table, cfg Config) (*Mirror, error) {
 		// deleted (prune). Reusing one earlier would send a recovered
 		// route's packets to another gateway until its own update.
 		nh, ecmp := table.LiveIDs()
-		m.nhIDs.reserve(nh)
-		m.ecmpIDs.reserve(ecmp)
-		m.staleNH, m.staleECMP = nh, ecmp
+		nhCap, ecmpCap := table.IDCapacity()
+		// Reserving needs room for the new IDs beside the old ones; a
+		// table more than half full reuses IDs in place instead (a
+		// recovered route may then briefly use another's nexthop).
+		if 2*len(nh) < nhCap && 2*len(ecmp) < ecmpCap {
+			m.nhIDs.reserve(nh)
+			m.ecmpIDs.reserve(ecmp)
+			m.staleNH, m.staleECMP = nh, ecmp
+		} else {
+			slog.Warn("FIB reopened more than half full of nexthop IDs: reusing them in place during the first sync",
+				"nexthops", len(nh), "of", nhCap, "ecmp_groups", len(ecmp), "of_ecmp", ecmpCap)
+		}
 	}
 	if m.h, err = vnl.NewHandleAt(m.ns); err != nil {
 		m.closeNS()
@@ -442,15 +451,20 @@ func (m *Mirror) prune() {
 		}
 		return true
 	})
+	failed := false
 	for _, p := range stale {
 		if err := m.table.Delete(p); err != nil {
 			m.fail(fmt.Errorf("fib delete stale %s: %w", p, err))
+			failed = true
 			continue
 		}
 		m.stats.RoutesApplied++
 	}
 	if len(stale) > 0 {
 		slog.Info("FIB reopened from pins: removed routes the kernel no longer has", "routes", len(stale))
+	}
+	if failed {
+		return // a stale route still points at the old IDs: keep them reserved
 	}
 	// No route points at the earlier process's IDs any more.
 	for _, id := range m.staleECMP {

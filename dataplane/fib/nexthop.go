@@ -180,6 +180,11 @@ func (t *Table) LiveIDs() (nexthops, ecmp []uint32) {
 	return t.nh.liveIDs(), t.ecmp.liveIDs()
 }
 
+// IDCapacity is how many nexthop and ECMP group IDs the table holds.
+func (t *Table) IDCapacity() (nexthops, ecmp int) {
+	return t.nh.ids(), t.ecmp.ids()
+}
+
 // get copies the value of id; readers call it between Begin and End.
 func (s *slots[T]) get(id uint32) (T, bool) {
 	var zero T
