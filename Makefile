@@ -38,7 +38,7 @@ bench: deps build
 
 ## report: the full benchmark report (every engine, frame sizes, route sets, RFC 2544, plots) into docs/report
 report: deps build
-	./$(BIN)/xdpbench report --out docs/report
+	./$(BIN)/xdpbench report --full-dst 128.0.0.0/2 --out docs/report
 
 ## lab-up / lab-down: bring the lab named $(LAB) up or down
 lab-up: build

@@ -46,6 +46,10 @@ type SweepOptions struct {
 	GenCPUs        []int // default: every CPU
 	Queues         int   // default 2
 	FullV4, FullV6 int   // scale the full table (see Options)
+	// FullDst is where the full-table route set's traffic goes (default
+	// the lab's /24, like the 1-route set); e.g. 128.0.0.0/2 spreads the
+	// lookups across the table.
+	FullDst netip.Prefix
 	// Lab to use; nil brings up a private one and removes it afterwards.
 	Lab *lab.Lab
 }
@@ -147,10 +151,12 @@ func (n NDR) Limit() string {
 
 // RoutesSweep is every point and throughput search with one route set.
 type RoutesSweep struct {
-	Routes      string  `json:"routes"` // "1" or "full"
-	Description string  `json:"description"`
-	Points      []Point `json:"points"`
-	NDR         []NDR   `json:"ndr,omitempty"`
+	Routes      string `json:"routes"` // "1" or "full"
+	Description string `json:"description"`
+	// Destinations is where this route set's traffic went.
+	Destinations string  `json:"destinations,omitempty"`
+	Points       []Point `json:"points"`
+	NDR          []NDR   `json:"ndr,omitempty"`
 }
 
 // ScenarioInfo names a scenario in a report.
@@ -187,6 +193,9 @@ func (o SweepOptions) Validate() error {
 	}
 	if o.NDRResolution < 0 || o.NDRResolution >= 1 {
 		errs = append(errs, fmt.Errorf("ndr resolution %g: use a fraction between 0 and 1", o.NDRResolution))
+	}
+	if o.FullDst.IsValid() && o.FullDst.Addr().Is4() != (o.Family == 4) {
+		errs = append(errs, fmt.Errorf("full-table destinations %s: not IPv%d", o.FullDst, o.Family))
 	}
 	return errors.Join(errs...)
 }
@@ -251,12 +260,16 @@ func Sweep(ctx context.Context, o SweepOptions, progress func(string)) (*SweepRe
 		if err != nil {
 			return nil, err
 		}
-		rs, err := sweepRoutes(ctx, o, scen, l, rt, src, dst, progress)
+		d := dst
+		if routes == "full" && o.FullDst.IsValid() {
+			d = o.FullDst
+		}
+		rs, err := sweepRoutes(ctx, o, scen, l, rt, src, d, progress)
 		rt.close()
 		if err != nil {
 			return nil, err
 		}
-		rs.Routes = routes
+		rs.Routes, rs.Destinations = routes, d.String()
 		rep.Routes = append(rep.Routes, *rs)
 	}
 	rep.Finished = time.Now().UTC()

@@ -102,7 +102,11 @@ func WriteMarkdown(w io.Writer, r *SweepReport) error {
 		fmt.Fprintf(&b, "- `%s`: %s\n", s.Name, s.Description)
 	}
 	for _, rs := range r.Routes {
-		fmt.Fprintf(&b, "\n## %s\n\n%s.\n", routesTitle(rs.Routes), rs.Description)
+		fmt.Fprintf(&b, "\n## %s\n\n%s.", routesTitle(rs.Routes), rs.Description)
+		if rs.Destinations != "" && rs.Destinations != r.Destinations {
+			fmt.Fprintf(&b, " Traffic to %s: lookups spread across the table.", rs.Destinations)
+		}
+		b.WriteString("\n")
 		table := func(title string, cell func(Point) string) {
 			fmt.Fprintf(&b, "\n### %s\n\n| scenario |", title)
 			for _, s := range r.Sizes {

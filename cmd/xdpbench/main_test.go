@@ -121,6 +121,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"report", "--scenarios", "kernel,warp"}, "warp"},
 		{[]string{"report", "--sizes", "63", "--routes", "1"}, "size 63"},
 		{[]string{"report", "--sizes", "64", "--family", "6", "--ndr-resolution", "1.5"}, "ndr resolution"},
+		{[]string{"report", "--full-dst", "2000::/3"}, "not IPv4"},
+		{[]string{"report", "--full-dst", "128.0.0.0"}, "--full-dst"},
 	}
 	for _, tt := range tests {
 		dir := t.TempDir()

@@ -130,7 +130,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		if k := queueKnobs(t, l); !maps.Equal(k, knobs0) {
 			t.Errorf("XPS/RPS not restored:\n%v\nwant\n%v", k, knobs0)
 		}
-		for _, p := range []string{pins, sock, sock + ".lock", filepath.Join(dir, "affinity-record.json")} {
+		for _, p := range []string{pins, sock, sock + ".lock", sock + ".affinity.json"} {
 			if _, err := os.Stat(p); !os.IsNotExist(err) {
 				t.Errorf("%s left behind: %v", p, err)
 			}

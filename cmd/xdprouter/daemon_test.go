@@ -381,7 +381,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if knobs := queueKnobs(t, l); !maps.Equal(knobs, knobs0) {
 		t.Errorf("XPS/RPS after stop:\n%v\nbefore start:\n%v", knobs, knobs0)
 	}
-	for _, p := range []string{pins, sock, sock + ".lock", filepath.Join(dir, "affinity-record.json")} {
+	for _, p := range []string{pins, sock, sock + ".lock", sock + ".affinity.json"} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left behind: %v", p, err)
 		}

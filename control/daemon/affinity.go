@@ -19,7 +19,7 @@ import (
 // the daemon restores them: a daemon killed before it could restore
 // leaves the file, and the next start restores it first.
 func (c Config) affinityRecord() string {
-	return filepath.Join(filepath.Dir(c.Control), "affinity-record.json")
+	return c.Control + ".affinity.json" // one per daemon, like its lock
 }
 
 // inSysfs runs fn with root "/" showing the config's namespace's
