@@ -20,8 +20,7 @@ import (
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/control/daemon"
-	"github.com/xdprouter/xdprouter/internal/testutil"
-	"github.com/xdprouter/xdprouter/lab"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 )
 
 // capNumbers are the capabilities the unit may name.
@@ -69,14 +68,8 @@ func unitCaps(t *testing.T) []string {
 // namespace as found; so does the unit's set with `namespace:` (setns
 // needs CAP_SYS_ADMIN, which the unit leaves out).
 func TestCapabilities(t *testing.T) {
-	testutil.Privileged(t)
 	caps := unitCaps(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 2)
 	dir := t.TempDir()
 	bpffs := filepath.Join(dir, "bpffs")
 	if err := os.Mkdir(bpffs, 0o700); err != nil {

@@ -19,8 +19,8 @@ import (
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/control/daemon"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/internal/netnsrun"
-	"github.com/xdprouter/xdprouter/internal/testutil"
 	"github.com/xdprouter/xdprouter/lab"
 )
 
@@ -129,13 +129,7 @@ func startDaemonUnder(t *testing.T, wrapper []string, config, sock, logPath stri
 // warm from the pins; the new daemon forwards every frame; and its
 // SIGTERM leaves no program, pin or socket behind.
 func TestKillRestart(t *testing.T) {
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 2)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "x.sock")
 	pins := fmt.Sprintf("/sys/fs/bpf/xdprouter-test-%d", os.Getpid())

@@ -16,8 +16,7 @@ import (
 	"github.com/xdprouter/xdprouter/control/netlink"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/internal/cpustat"
-	"github.com/xdprouter/xdprouter/internal/testutil"
-	"github.com/xdprouter/xdprouter/lab"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 )
 
 func run(args ...string) (string, error) {
@@ -31,13 +30,7 @@ func run(args ...string) (string, error) {
 }
 
 func TestRoutesCommand(t *testing.T) {
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 0)
 	out, err := run("routes", "-n", l.RouterNS, "--json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)

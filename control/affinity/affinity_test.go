@@ -2,7 +2,6 @@ package affinity
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -13,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/internal/testutil"
 	"github.com/xdprouter/xdprouter/lab"
 )
@@ -403,14 +403,8 @@ func TestReduceQueues(t *testing.T) {
 // TestRealChannels changes a real veth's channels with ethtool ioctls in
 // a lab namespace, the way apply does on a live host, and restores them.
 func TestRealChannels(t *testing.T) {
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = lab.InNamespace(l.RouterNS, func() error {
+	l := labtest.Up(t, 2)
+	err := lab.InNamespace(l.RouterNS, func() error {
 		cur, err := Ethtool{}.Channels("eth1")
 		if err != nil {
 			return err

@@ -17,9 +17,8 @@ import (
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/control/affinity"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/internal/netnsrun"
-	"github.com/xdprouter/xdprouter/internal/testutil"
-	"github.com/xdprouter/xdprouter/lab"
 )
 
 // TestConfigValidate: every bad field is named, all at once.
@@ -102,13 +101,7 @@ func metric(t *testing.T, text, series string) uint64 {
 // two engines during traffic without losing a frame, and stop leaves no
 // XDP program and no socket behind.
 func TestDaemonLab(t *testing.T) {
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 2)
 	sock := filepath.Join(t.TempDir(), "x.sock")
 	// A free loopback port for the metrics listener.
 	pl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -242,13 +235,7 @@ func TestDaemonLab(t *testing.T) {
 // daemon left even when this config applies no affinity, and refuses to
 // start over a record it cannot read (it would lose the host's values).
 func TestLeftoverAffinity(t *testing.T) {
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 2)
 	dir := t.TempDir()
 	cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(dir, "x.sock"),
 		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "pass"}},

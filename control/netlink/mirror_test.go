@@ -17,7 +17,7 @@ import (
 
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
-	"github.com/xdprouter/xdprouter/internal/testutil"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/lab"
 )
 
@@ -33,14 +33,9 @@ type env struct {
 
 func newEnv(t testing.TB, cfg Config) *env {
 	t.Helper()
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 0)
 	e := &env{l: l}
+	var err error
 	if e.tb, err = fib.New(fib.Config{Groups4: 16384, Groups6: 65536, Nexthops: 1024, ECMPGroups: 64}); err != nil {
 		t.Fatal(err)
 	}

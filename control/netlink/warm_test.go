@@ -1,7 +1,6 @@
 package netlink
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,8 +13,7 @@ import (
 
 	"github.com/xdprouter/xdprouter/dataplane/bpffs"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
-	"github.com/xdprouter/xdprouter/internal/testutil"
-	"github.com/xdprouter/xdprouter/lab"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 )
 
 // TestWarmStartIDs: a mirror on a FIB reopened from pins (a daemon
@@ -25,13 +23,7 @@ import (
 // are gone, the FIB holds exactly the new mirror's IDs, and it agrees
 // with the kernel, also for a route changed while no mirror ran.
 func TestWarmStartIDs(t *testing.T) {
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 0)
 	pins := filepath.Join(bpffs.DefaultRoot, fmt.Sprintf("xdprouter-warm-%d", os.Getpid()))
 	t.Cleanup(func() { os.RemoveAll(pins) })
 	fc := fib.Config{Groups4: 64, Groups6: 64, Nexthops: 64, ECMPGroups: 16, PinPath: pins}

@@ -15,7 +15,7 @@ import (
 	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
-	"github.com/xdprouter/xdprouter/internal/testutil"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/lab"
 )
 
@@ -35,14 +35,9 @@ var foreignMAC = net.HardwareAddr{0x02, 0xaa, 0, 0, 0, 2}
 
 func newRig(t testing.TB, queues int) *rig {
 	t.Helper()
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: queues})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, queues)
 	r := &rig{lab: l}
+	var err error
 	r.tb, err = fib.New(fib.Config{Groups4: 64, Groups6: 64, Nexthops: 16, ECMPGroups: 4})
 	if err != nil {
 		t.Fatal(err)

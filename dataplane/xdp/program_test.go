@@ -2,7 +2,6 @@ package xdp
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,7 +12,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/xdprouter/xdprouter/dataplane/fib"
-	"github.com/xdprouter/xdprouter/internal/testutil"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/lab"
 )
 
@@ -38,14 +37,9 @@ type rig struct {
 
 func newRig(t testing.TB, src Source) *rig {
 	t.Helper()
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 0)
 	r := &rig{lab: l, in: l.Ingress[0].B, out: l.Egress.A, sink: l.Egress.B.MAC, nh: map[uint32]fib.Nexthop{}}
+	var err error
 	r.tb, err = fib.New(fib.Config{Groups4: 64, Groups6: 64, Nexthops: 16, ECMPGroups: 4})
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,7 @@ import (
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
-	"github.com/xdprouter/xdprouter/internal/testutil"
+	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/lab"
 )
 
@@ -17,13 +17,7 @@ import (
 // frame reaches the AF_XDP socket of its (interface, queue), and both
 // queues are used; frames whose queue has no socket go to the kernel.
 func TestSteering(t *testing.T) {
-	testutil.Privileged(t)
-	name := testutil.LabName()
-	t.Cleanup(func() { _ = lab.Down(name) })
-	l, err := lab.Up(context.Background(), lab.Config{Name: name, Queues: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labtest.Up(t, 2)
 	tb, err := fib.New(fib.Config{Groups4: 16, Groups6: 16, Nexthops: 4, ECMPGroups: 1})
 	if err != nil {
 		t.Fatal(err)
