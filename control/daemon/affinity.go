@@ -19,7 +19,12 @@ import (
 // the daemon restores them: a daemon killed before it could restore
 // leaves the file, and the next start restores it first.
 func (c Config) affinityRecord() string {
-	return c.Control + ".affinity.json" // one per daemon, like its lock
+	dir := c.StateDir
+	if dir == "" {
+		dir = filepath.Dir(c.Control)
+	}
+	// One per daemon, named after its socket like its lock.
+	return filepath.Join(dir, filepath.Base(c.Control)+".affinity.json")
 }
 
 // inSysfs runs fn with root "/" showing the config's namespace's

@@ -59,6 +59,11 @@ type Config struct {
 	// restarted daemon forwards at once with the table it had (default
 	// none).
 	PinPath string `yaml:"pin_path"`
+	// StateDir keeps the affinity record (what the applied plan changed,
+	// restored at stop or at the next start after a crash); it must
+	// survive the daemon (default: the control socket's directory; the
+	// unit uses /var/lib/xdprouter).
+	StateDir string `yaml:"state_dir"`
 	// FIB sizes the table (0: defaults fit a full Internet table).
 	FIB FIBConfig `yaml:"fib"`
 }

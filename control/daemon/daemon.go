@@ -313,9 +313,9 @@ func (d *Daemon) Reload(cfg Config) error {
 		errs = append(errs, errors.New("interfaces: the set of interfaces changed: restart the daemon"))
 	}
 	if cfg.Namespace != d.cfg.Namespace || cfg.Table != d.cfg.Table || cfg.Metrics != d.cfg.Metrics ||
-		cfg.Control != d.cfg.Control || cfg.PinPath != d.cfg.PinPath || cfg.FIB != d.cfg.FIB ||
+		cfg.Control != d.cfg.Control || cfg.PinPath != d.cfg.PinPath || cfg.StateDir != d.cfg.StateDir || cfg.FIB != d.cfg.FIB ||
 		cfg.Affinity != d.cfg.Affinity || !slices.Equal(cfg.Housekeeping, d.cfg.Housekeeping) {
-		errs = append(errs, errors.New("namespace, table, metrics, control_socket, pin_path, fib, affinity and housekeeping_cpus need a restart"))
+		errs = append(errs, errors.New("namespace, table, metrics, control_socket, pin_path, state_dir, fib, affinity and housekeeping_cpus need a restart"))
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)

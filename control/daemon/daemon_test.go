@@ -293,3 +293,14 @@ func TestLeftoverAffinity(t *testing.T) {
 		t.Errorf("a refused start left XDP attached:\n%s", out)
 	}
 }
+
+// TestExampleConfig: the shipped example config is valid.
+func TestExampleConfig(t *testing.T) {
+	c, err := LoadConfig("../../deploy/xdprouter.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Affinity || c.StateDir == "" || c.PinPath == "" || len(c.Interfaces) != 3 {
+		t.Errorf("example config: %+v", c)
+	}
+}
