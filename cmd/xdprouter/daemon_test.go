@@ -219,6 +219,21 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if sent, got := send(labDst, 20000); got != sent {
 		t.Errorf("no daemon running: sink matched %d of %d (XDP and the kernel should forward on)", got, sent)
 	}
+	// A start that fails after reopening the pins (no CAP_NET_RAW: the
+	// AF_XDP sockets are refused) keeps them: the router forwards on as
+	// the killed daemon left it, and the next start is still warm.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	out, err := cmdOutput(ctx, daemonCommand([]string{"setpriv", "--bounding-set", "-net_raw", "--"}, config))
+	cancel()
+	if err == nil || !strings.Contains(out, "AF_XDP socket") || !strings.Contains(out, "pinned state of the earlier daemon is kept") {
+		t.Errorf("start without CAP_NET_RAW: %v, want it to fail at the AF_XDP sockets keeping the pins:\n%s", err, out)
+	}
+	if n := xdpLinks(); n != 3 {
+		t.Errorf("after a failed warm start %d interfaces have XDP, want the 3 the killed daemon attached", n)
+	}
+	if sent, got := send(labDst, 20000); got != sent {
+		t.Errorf("after a failed warm start: sink matched %d of %d", got, sent)
+	}
 	ip("route", "del", doomed.String())
 
 	d2 := startDaemon(t, config, sock, logPath)
@@ -228,13 +243,13 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if err := os.WriteFile(other, []byte(strings.Replace(yaml, sock, filepath.Join(dir, "other.sock"), 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	out2, err := cmdOutput(ctx, daemonCommand(nil, other))
 	cancel()
 	if err == nil || !strings.Contains(out2, "is in use by another xdprouter") {
 		t.Errorf("a second daemon on the same pin_path: %v\n%s", err, out2)
 	}
-	out, err := run("status", "--socket", sock, "--json")
+	out, err = run("status", "--socket", sock, "--json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,10 @@ type Daemon struct {
 	// flap or a channel change) and waits for it.
 	stopWatch func()
 	lock      *instanceLock
+	// undoing is set when Stop undoes a failed start: a warm start's
+	// pins (a killed daemon's FIB and attachments) are then kept, so the
+	// router forwards on as before the attempt.
+	undoing bool
 }
 
 // stopEngine ends the engine's watch, then the engine.
@@ -94,6 +98,7 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	defer func() {
 		if err != nil {
 			// Undo on the daemon built so far (d itself is nil by now).
+			self.undoing = true
 			if serr := self.Stop(); serr != nil {
 				slog.Warn("undo a failed start", "err", serr)
 			}
@@ -180,9 +185,12 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	bctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	d.bg.Add(1)
+	// Not d: the named result is nil once a failed Start returns, and Stop
+	// clears mirror, maybe before this goroutine runs.
+	m := d.mirror
 	go func() {
-		defer d.bg.Done()
-		if err := d.mirror.Run(bctx); err != nil {
+		defer self.bg.Done()
+		if err := m.Run(bctx); err != nil {
 			slog.Error("netlink mirror stopped", "err", err)
 		}
 	}()
@@ -338,6 +346,9 @@ func (d *Daemon) Reload(cfg Config) error {
 func (d *Daemon) Stop() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.undoing && d.warm {
+		return d.releaseKeepingPins()
+	}
 	var errs []error
 	for _, s := range d.servers {
 		errs = append(errs, s.Close())
@@ -397,6 +408,44 @@ func (d *Daemon) Stop() error {
 	}
 	d.lock.release()
 	d.lock = nil
+	return errors.Join(errs...)
+}
+
+// releaseKeepingPins undoes a failed warm start: everything this process
+// opened is closed, but the pinned FIB, maps and attachments stay as the
+// killed daemon left them (still forwarding), for the next start.
+func (d *Daemon) releaseKeepingPins() error {
+	var errs []error
+	for _, s := range d.servers {
+		errs = append(errs, s.Close())
+	}
+	d.servers = nil
+	errs = append(errs, d.stopEngine())
+	if d.cancel != nil {
+		d.cancel()
+		d.bg.Wait()
+		d.cancel = nil
+	}
+	if d.mirror != nil {
+		errs = append(errs, d.mirror.Close())
+		d.mirror = nil
+	}
+	if d.prog != nil {
+		errs = append(errs, d.prog.Release())
+		d.prog = nil
+	}
+	if d.table != nil {
+		errs = append(errs, d.table.Close())
+		d.table = nil
+	}
+	errs = append(errs, d.restoreAffinity())
+	if d.oldMask != nil {
+		errs = append(errs, setAllThreads(d.oldMask))
+		d.oldMask = nil
+	}
+	d.lock.release()
+	d.lock = nil
+	slog.Warn("start failed: the pinned state of the earlier daemon is kept, and forwards as it did")
 	return errors.Join(errs...)
 }
 

@@ -209,6 +209,22 @@ func (p *Program) Close() error {
 	return errors.Join(errs...)
 }
 
+// Release closes the program's descriptors but leaves its pins, so pinned
+// attachments keep forwarding as after a crash and the next process can
+// take them over.
+func (p *Program) Release() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for ifindex, l := range p.links {
+		errs = append(errs, l.Close())
+		delete(p.links, ifindex)
+		delete(p.pins, ifindex)
+	}
+	errs = append(errs, p.objs.Close())
+	return errors.Join(errs...)
+}
+
 // Source returns where the program looks routes up.
 func (p *Program) Source() Source { return p.opts.Source }
 
