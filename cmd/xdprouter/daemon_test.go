@@ -199,6 +199,9 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	logPath := filepath.Join(dir, "daemon.log")
 	d1 := startDaemon(t, config, sock, logPath)
 	checkAffinity(t, l, sock, d1.cmd.Process.Pid)
+	if recs, _ := filepath.Glob(filepath.Join(dir, "*.affinity.json")); len(recs) != 1 {
+		t.Errorf("affinity records while the daemon runs: %v, want one", recs)
+	}
 	if sent, got := send(labDst, 20000); got != sent {
 		t.Fatalf("first daemon: sink matched %d of %d", got, sent)
 	}
@@ -390,10 +393,13 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if knobs := queueKnobs(t, l); !maps.Equal(knobs, knobs0) {
 		t.Errorf("XPS/RPS after stop:\n%v\nbefore start:\n%v", knobs, knobs0)
 	}
-	for _, p := range []string{pins, sock, sock + ".lock", sock + ".affinity.json"} {
+	for _, p := range []string{pins, sock, sock + ".lock"} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left behind: %v", p, err)
 		}
+	}
+	if recs, _ := filepath.Glob(filepath.Join(dir, "*.affinity.json")); len(recs) > 0 {
+		t.Errorf("affinity record left behind: %v", recs)
 	}
 }
 

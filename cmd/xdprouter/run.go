@@ -33,7 +33,7 @@ type runFlags struct {
 	cpus, housekeeping          string
 	affinity                    bool
 	namespace, pinPath, metrics string
-	socket                      string
+	socket, stateDir            string
 	table                       int
 }
 
@@ -87,7 +87,7 @@ func (f *runFlags) config(cmd *cobra.Command) (daemon.Config, error) {
 		dst  *string
 		v    string
 	}{{"namespace", &cfg.Namespace, f.namespace}, {"pin-path", &cfg.PinPath, f.pinPath},
-		{"metrics", &cfg.Metrics, f.metrics}, {"socket", &cfg.Control, f.socket}} {
+		{"metrics", &cfg.Metrics, f.metrics}, {"socket", &cfg.Control, f.socket}, {"state-dir", &cfg.StateDir, f.stateDir}} {
 		if fl.Changed(o.flag) {
 			*o.dst = o.v
 		}
@@ -163,6 +163,7 @@ default path, the flags are the whole config.`,
 	fl.StringVar(&f.pinPath, "pin-path", "", "bpffs directory that keeps the FIB across restarts")
 	fl.StringVar(&f.metrics, "metrics", daemon.DefaultMetrics, `Prometheus listen address, or "off"`)
 	fl.StringVar(&f.socket, "socket", daemon.DefaultControl, "operator socket")
+	fl.StringVar(&f.stateDir, "state-dir", "", "where the affinity record outlives the daemon (default: the socket's directory)")
 	fl.IntVar(&f.table, "table", 254, "kernel routing table to mirror")
 	return cmd
 }
@@ -323,6 +324,17 @@ func printRates(w io.Writer, at time.Time, rates []Rates) {
 	}
 }
 
+// wentDown reports whether any counter of b is below a's: the counters
+// restarted in between.
+func wentDown(a, b map[string]uint64) bool {
+	for k, v := range b {
+		if v < a[k] {
+			return true
+		}
+	}
+	return false
+}
+
 // statsRates turns two readings into rates: per interface, per interface
 // and CPU (CPUs that received in the interval), per worker, per CPU.
 func statsRates(a, b daemon.Stats) []Rates {
@@ -339,7 +351,7 @@ func statsRates(a, b daemon.Stats) []Rates {
 	sort.Strings(names)
 	for _, n := range names {
 		x, y := a.Interfaces[n], b.Interfaces[n]
-		if y["rx_packets"] < x["rx_packets"] {
+		if wentDown(x, y) {
 			continue // counters restarted (a restarted daemon): no rate this second
 		}
 		d := func(k string) float64 { return rate(x[k], y[k]) }
@@ -370,8 +382,11 @@ func statsRates(a, b daemon.Stats) []Rates {
 		}
 	}
 	for _, wk := range b.Workers {
-		i := slices.IndexFunc(a.Workers, func(o engine.WorkerStats) bool { return o.Queue == wk.Queue })
-		if i < 0 || a.Workers[i].RxPackets > wk.RxPackets || a.Workers[i].Forwarded > wk.Forwarded {
+		// The same worker is the same thread: a reload starts new ones.
+		i := slices.IndexFunc(a.Workers, func(o engine.WorkerStats) bool { return o.Queue == wk.Queue && o.TID == wk.TID })
+		if i < 0 || a.Workers[i].RxPackets > wk.RxPackets || a.Workers[i].Forwarded > wk.Forwarded ||
+			a.Workers[i].RxBytes > wk.RxBytes || a.Workers[i].Dropped() > wk.Dropped() ||
+			a.Workers[i].UserTime+a.Workers[i].SystemTime > wk.UserTime+wk.SystemTime {
 			continue // a new worker (reload): its rate starts next second
 		}
 		o := a.Workers[i]

@@ -111,7 +111,10 @@ func Apply(root string, ws []Write) ([]Write, error) {
 	for _, w := range ws {
 		if w.Channels {
 			if err := setChannels(root, w.Path, w.Value); err != nil {
-				return nil, undo(root, done, fmt.Errorf("%s: %w", w.What, err))
+				// The set may have happened and only its read-back failed:
+				// undo it too (restoring a count the NIC already has is
+				// harmless).
+				return nil, undo(root, append(done, w), fmt.Errorf("%s: %w", w.What, err))
 			}
 			done = append(done, w)
 			continue
@@ -191,13 +194,30 @@ func SaveRecord(path string, record []Write) error {
 	}
 	// Written aside and renamed: a crash leaves the old record or the new
 	// one, never half of one.
+	// Synced before and after the rename, so a power loss leaves one of
+	// them whole.
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		_ = os.Remove(tmp)
 		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		d.Close()
 	}
 	return nil
 }

@@ -7,11 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/xdprouter/xdprouter/control/affinity"
-	"github.com/xdprouter/xdprouter/dataplane/xdp"
 	"github.com/xdprouter/xdprouter/internal/netnsrun"
 )
 
@@ -23,8 +24,9 @@ func (c Config) affinityRecord() string {
 	if dir == "" {
 		dir = filepath.Dir(c.Control)
 	}
-	// One per daemon, named after its socket like its lock.
-	return filepath.Join(dir, filepath.Base(c.Control)+".affinity.json")
+	// One per daemon, named after its socket's whole path.
+	name := strings.ReplaceAll(strings.Trim(filepath.Clean(c.Control), "/"), "/", "_")
+	return filepath.Join(dir, name+".affinity.json")
 }
 
 // inSysfs runs fn with root "/" showing the config's namespace's
@@ -101,6 +103,12 @@ func (d *Daemon) applyAffinity(cfg Config) ([]int, error) {
 // be read stops the start: applying over it would lose the host's values.
 func restoreLeftoverAffinity(cfg Config) error {
 	path := cfg.affinityRecord()
+	if fi, err := os.Stat(path); err == nil && fi.ModTime().Before(bootTime()) {
+		// Written before this boot: the values it changed are gone with
+		// the reboot (and IRQ numbers may differ now).
+		slog.Info("ignoring an affinity record from before this boot", "record", path)
+		return os.Remove(path)
+	}
 	old, err := affinity.LoadRecord(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -116,6 +124,23 @@ func restoreLeftoverAffinity(cfg Config) error {
 	return nil
 }
 
+// bootTime is when this system booted (btime in /proc/stat); zero if
+// unknown, which keeps every record.
+func bootTime() time.Time {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+				return time.Unix(n, 0)
+			}
+		}
+	}
+	return time.Time{}
+}
+
 // restoreAffinity puts back what applyAffinity changed.
 func (d *Daemon) restoreAffinity() error {
 	if len(d.affinity) == 0 {
@@ -129,21 +154,18 @@ func (d *Daemon) restoreAffinity() error {
 	return err
 }
 
-// queues is how many workers the plan has to place: the configured count,
-// or the fewest queues of the afxdp interfaces (the engine's rule).
+// queues is how many worker CPUs the plan hands out: the configured
+// count, or the most queues of any planned interface.
 func (c Config) queues(p *affinity.Plan) int {
 	if c.Queues > 0 {
 		return c.Queues
 	}
-	engines := c.engines()
+	// A CPU for every queue of the planned interfaces: the engine takes
+	// as many as it runs workers, now or after a reload that adds afxdp
+	// interfaces.
 	n := 0
 	for _, ip := range p.Ifaces {
-		if engines[ip.Name] != xdp.EngineAFXDP {
-			continue // workers serve the afxdp interfaces' queues only
-		}
-		if n == 0 || ip.Queues < n {
-			n = ip.Queues
-		}
+		n = max(n, ip.Queues)
 	}
 	return n
 }

@@ -445,7 +445,8 @@ func (d *Daemon) releaseKeepingPins() error {
 	}
 	d.lock.release()
 	d.lock = nil
-	slog.Warn("start failed: the pinned state of the earlier daemon is kept, and forwards as it did")
+	slog.Warn("start failed: the pinned state of the earlier daemon is kept, and forwards as it did; if the failure repeats, stop the unit and remove pin_path",
+		"pin_path", d.cfg.PinPath)
 	return errors.Join(errs...)
 }
 

@@ -50,6 +50,14 @@ func lockInstance(sock, pinPath string) (*instanceLock, error) {
 		}
 		return nil, fmt.Errorf("lock pin_path %s: %w", pinPath, err)
 	}
+	// Stop removes the directory: a lock on one no longer at pinPath
+	// guards nothing.
+	var held, now unix.Stat_t
+	if unix.Fstat(int(d.Fd()), &held) != nil || unix.Stat(pinPath, &now) != nil || held.Ino != now.Ino || held.Dev != now.Dev {
+		d.Close()
+		l.release()
+		return nil, fmt.Errorf("lock pin_path %s: it was removed while we locked it (another daemon stopping): start again", pinPath)
+	}
 	l.pins = d
 	return l, nil
 }

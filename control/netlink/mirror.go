@@ -136,6 +136,7 @@ func New(table *fib.Table, cfg Config) (*Mirror, error) {
 		// route's packets to another gateway until its own update.
 		nh, ecmp := table.LiveIDs()
 		nhCap, ecmpCap := table.IDCapacity()
+		m.nhIDs.max, m.ecmpIDs.max = uint32(nhCap-1), uint32(ecmpCap-1)
 		// Reserving needs room for the new IDs beside the old ones; a
 		// table more than half full reuses IDs in place instead (a
 		// recovered route may then briefly use another's nexthop).
@@ -433,9 +434,10 @@ func (m *Mirror) Sync() error {
 	}
 	m.reconcile()
 	if !m.pruned && m.table.Reopened() {
-		m.prune()
+		m.pruned = m.prune() // a failed prune is tried again at the next sync
+	} else {
+		m.pruned = true
 	}
-	m.pruned = true
 	m.count(0)
 	return nil
 }
@@ -443,7 +445,7 @@ func (m *Mirror) Sync() error {
 // prune deletes, after the first full sync of a FIB reopened from pins,
 // the routes an earlier process installed that the kernel no longer has
 // (routes deleted while no daemon ran): they would forward forever.
-func (m *Mirror) prune() {
+func (m *Mirror) prune() bool {
 	var stale []netip.Prefix
 	m.table.Routes(func(r fib.Route) bool {
 		if _, ok := m.installed[r.Prefix]; !ok {
@@ -464,15 +466,22 @@ func (m *Mirror) prune() {
 		slog.Info("FIB reopened from pins: removed routes the kernel no longer has", "routes", len(stale))
 	}
 	if failed {
-		return // a stale route still points at the old IDs: keep them reserved
+		return false // a stale route still points at the old IDs: keep them reserved
 	}
-	// No route points at the earlier process's IDs any more.
+	// No route points at the earlier process's IDs any more; those taken
+	// back for lack of room (idPool.get) are ours now.
 	for _, id := range m.staleECMP {
+		if m.ecmpIDs.taken[id] {
+			continue
+		}
 		if err := m.table.DeleteECMP(id); err != nil {
 			m.fail(fmt.Errorf("fib delete stale ecmp group %d: %w", id, err))
 		}
 	}
 	for _, id := range m.staleNH {
+		if m.nhIDs.taken[id] {
+			continue
+		}
 		if err := m.table.DeleteNexthop(id); err != nil {
 			m.fail(fmt.Errorf("fib delete stale nexthop %d: %w", id, err))
 		}
@@ -480,6 +489,7 @@ func (m *Mirror) prune() {
 	m.nhIDs.unreserve()
 	m.ecmpIDs.unreserve()
 	m.staleNH, m.staleECMP = nil, nil
+	return true
 }
 
 func (m *Mirror) setLink(l vnl.Link) {

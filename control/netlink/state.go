@@ -477,11 +477,13 @@ func (m *Mirror) connectedVia(k nhKey) bool {
 }
 
 // idPool hands out IDs from 1 (0 stays unused), never one it holds
-// reserved.
+// reserved while there is room below max (0: no limit); without room it
+// takes a reserved one back (reuse in place) and marks it taken.
 type idPool struct {
-	next     uint32
-	free     []uint32
-	reserved map[uint32]bool
+	next, max uint32
+	free      []uint32
+	reserved  map[uint32]bool
+	taken     map[uint32]bool // reserved IDs handed out for lack of room
 }
 
 func (p *idPool) get() uint32 {
@@ -490,11 +492,22 @@ func (p *idPool) get() uint32 {
 		p.free = p.free[:n-1]
 		return id
 	}
-	p.next++
-	for p.reserved[p.next] {
-		p.next++
+	next := p.next + 1
+	for p.reserved[next] {
+		next++
 	}
-	return p.next
+	if p.max > 0 && next > p.max {
+		for id := range p.reserved {
+			delete(p.reserved, id)
+			if p.taken == nil {
+				p.taken = map[uint32]bool{}
+			}
+			p.taken[id] = true
+			return id
+		}
+	}
+	p.next = next
+	return next
 }
 
 func (p *idPool) put(id uint32) { p.free = append(p.free, id) }
@@ -516,5 +529,5 @@ func (p *idPool) unreserve() {
 			p.free = append(p.free, id)
 		}
 	}
-	p.reserved = nil
+	p.reserved, p.taken = nil, nil
 }
