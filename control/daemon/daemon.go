@@ -349,29 +349,13 @@ func (d *Daemon) Stop() error {
 	if d.undoing && d.warm {
 		return d.releaseKeepingPins()
 	}
-	var errs []error
-	for _, s := range d.servers {
-		errs = append(errs, s.Close())
-	}
-	d.servers = nil
-	if d.cfg.Control != "" {
-		_ = os.Remove(d.cfg.Control)
-	}
+	errs := []error{d.stopEndpoints()}
 	if d.prog != nil {
 		for _, i := range d.ifindex {
 			_ = d.prog.SetEngine(i, xdp.EnginePass)
 		}
 	}
-	errs = append(errs, d.stopEngine())
-	if d.cancel != nil {
-		d.cancel()
-		d.bg.Wait()
-		d.cancel = nil
-	}
-	if d.mirror != nil {
-		errs = append(errs, d.mirror.Close())
-		d.mirror = nil
-	}
+	errs = append(errs, d.stopWorkersAndMirror())
 	if d.prog != nil {
 		errs = append(errs, netnsrun.Do(d.cfg.Namespace, func() error {
 			var errs []error
@@ -398,16 +382,10 @@ func (d *Daemon) Stop() error {
 		errs = append(errs, d.table.Close())
 		d.table = nil
 	}
-	errs = append(errs, d.restoreAffinity())
-	if d.oldMask != nil {
-		errs = append(errs, setAllThreads(d.oldMask))
-		d.oldMask = nil
-	}
 	if d.cfg.PinPath != "" {
 		_ = os.Remove(d.cfg.PinPath) // only if empty: made by the lock, or left by us
 	}
-	d.lock.release()
-	d.lock = nil
+	errs = append(errs, d.restoreHost())
 	return errors.Join(errs...)
 }
 
@@ -415,12 +393,37 @@ func (d *Daemon) Stop() error {
 // opened is closed, but the pinned FIB, maps and attachments stay as the
 // killed daemon left them (still forwarding), for the next start.
 func (d *Daemon) releaseKeepingPins() error {
+	errs := []error{d.stopEndpoints(), d.stopWorkersAndMirror()}
+	if d.prog != nil {
+		errs = append(errs, d.prog.Release())
+		d.prog = nil
+	}
+	if d.table != nil {
+		errs = append(errs, d.table.Close())
+		d.table = nil
+	}
+	errs = append(errs, d.restoreHost())
+	slog.Warn("start failed: the pinned state of the earlier daemon is kept, and forwards as it did; if the failure repeats, stop the unit and remove pin_path",
+		"pin_path", d.cfg.PinPath)
+	return errors.Join(errs...)
+}
+
+// stopEndpoints closes the operator socket and the metrics listener.
+func (d *Daemon) stopEndpoints() error {
 	var errs []error
 	for _, s := range d.servers {
 		errs = append(errs, s.Close())
 	}
 	d.servers = nil
-	errs = append(errs, d.stopEngine())
+	if d.cfg.Control != "" && !(d.undoing && d.warm) {
+		_ = os.Remove(d.cfg.Control)
+	}
+	return errors.Join(errs...)
+}
+
+// stopWorkersAndMirror stops the AF_XDP workers and the netlink mirror.
+func (d *Daemon) stopWorkersAndMirror() error {
+	errs := []error{d.stopEngine()}
 	if d.cancel != nil {
 		d.cancel()
 		d.bg.Wait()
@@ -430,23 +433,20 @@ func (d *Daemon) releaseKeepingPins() error {
 		errs = append(errs, d.mirror.Close())
 		d.mirror = nil
 	}
-	if d.prog != nil {
-		errs = append(errs, d.prog.Release())
-		d.prog = nil
-	}
-	if d.table != nil {
-		errs = append(errs, d.table.Close())
-		d.table = nil
-	}
-	errs = append(errs, d.restoreAffinity())
+	return errors.Join(errs...)
+}
+
+// restoreHost puts back the affinity and the process's CPU mask, then
+// lets go of the instance locks: last, so no other daemon starts before
+// the host is as found.
+func (d *Daemon) restoreHost() error {
+	errs := []error{d.restoreAffinity()}
 	if d.oldMask != nil {
 		errs = append(errs, setAllThreads(d.oldMask))
 		d.oldMask = nil
 	}
 	d.lock.release()
 	d.lock = nil
-	slog.Warn("start failed: the pinned state of the earlier daemon is kept, and forwards as it did; if the failure repeats, stop the unit and remove pin_path",
-		"pin_path", d.cfg.PinPath)
 	return errors.Join(errs...)
 }
 
