@@ -386,7 +386,39 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		t.Errorf("routes --check against the daemon: %v\n%s", err, out)
 	}
 
-	d2.terminate(t, logPath)
+	// SIGUSR2 hands off for an upgrade: the daemon exits, XDP forwards on
+	// with the pinned FIB (the afxdp interface through the kernel), and
+	// the next start takes everything over, warm.
+	if err := d2.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d2.done:
+		if err != nil {
+			b, _ := os.ReadFile(logPath)
+			t.Errorf("daemon exit after SIGUSR2: %v\n%s", err, b)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon still running 20 s after SIGUSR2")
+	}
+	if n := xdpLinks(); n != 3 {
+		t.Errorf("after the handoff %d interfaces have XDP, want 3", n)
+	}
+	if k := queueKnobs(t, l); runtime.NumCPU() == 2 && maps.Equal(k, knobs0) {
+		t.Errorf("the handoff restored the affinity: it should stay applied for the successor")
+	}
+	if sent, got := send(labDst, 20000); got != sent {
+		t.Errorf("between handoff and the next start: sink matched %d of %d", got, sent)
+	}
+	d3 := startDaemon(t, config, sock, logPath)
+	if err := get(sock, "/status", &st); err != nil || !st.WarmStart {
+		t.Errorf("start after a handoff: warm %v, %v", st.WarmStart, err)
+	}
+	checkAffinity(t, l, sock, d3.cmd.Process.Pid)
+	if sent, got := send(labDst, 20000); got != sent {
+		t.Errorf("after the handoff's successor started: sink matched %d of %d", got, sent)
+	}
+	d3.terminate(t, logPath)
 	if n := xdpLinks(); n != 0 {
 		t.Errorf("after SIGTERM %d interfaces still have XDP", n)
 	}

@@ -114,7 +114,8 @@ forwards), fills the FIB from the kernel's routing table over netlink, then
 switches each interface to its engine (xdp, afxdp or pass) and serves the
 operator socket and Prometheus metrics. SIGHUP reloads the config (engines,
 workers); SIGINT/SIGTERM shut down in reverse order and leave the host as
-found. See docs/operator.md for the config file.
+found; SIGUSR2 exits for an upgrade: with pin_path, XDP keeps forwarding
+with the pinned FIB until the next start takes over. See docs/operator.md for the config file.
 
 Flags override the file's fields; --xdp, --afxdp and --pass, when given,
 replace its interface list. Without --config and with no file at the
@@ -134,11 +135,17 @@ default path, the flags are the whole config.`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			usr2 := make(chan os.Signal, 1)
+			signal.Notify(usr2, syscall.SIGUSR2)
+			defer signal.Stop(usr2)
 			for {
 				select {
 				case <-cmd.Context().Done():
 					slog.Info("shutting down")
 					return d.Stop()
+				case <-usr2:
+					slog.Info("handing off to the next start")
+					return d.Handoff()
 				case <-hup:
 					nc, err := f.config(cmd)
 					if err == nil {

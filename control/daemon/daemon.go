@@ -389,6 +389,39 @@ func (d *Daemon) Stop() error {
 	return errors.Join(errs...)
 }
 
+// Handoff exits for a successor without a gap (an upgrade): the workers
+// stop (their interfaces pass to the kernel), the mirror stops, and the
+// process lets go of everything while the pinned FIB, maps and XDP
+// attachments keep forwarding and the affinity stays applied, its record
+// on disk for the next start, which takes all of it over. It needs
+// pin_path; without it, it is Stop.
+func (d *Daemon) Handoff() error {
+	d.mu.Lock()
+	pinned := d.cfg.PinPath != "" && d.prog != nil
+	d.mu.Unlock()
+	if !pinned {
+		return d.Stop()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ifc := range d.cfg.Interfaces {
+		if ifc.Engine == "afxdp" {
+			_ = d.prog.SetEngine(d.ifindex[ifc.Name], xdp.EnginePass) // its sockets go with us
+		}
+	}
+	errs := []error{d.stopEndpoints(), d.stopWorkersAndMirror(), d.prog.Release(), d.table.Close()}
+	d.prog, d.table = nil, nil
+	d.affinity = nil // applied and recorded: the next start restores it
+	if d.oldMask != nil {
+		errs = append(errs, setAllThreads(d.oldMask))
+		d.oldMask = nil
+	}
+	d.lock.release()
+	d.lock = nil
+	slog.Info("handed off: XDP keeps forwarding with the pinned FIB until the next start takes over", "pin_path", d.cfg.PinPath)
+	return errors.Join(errs...)
+}
+
 // releaseKeepingPins undoes a failed warm start: everything this process
 // opened is closed, but the pinned FIB, maps and attachments stay as the
 // killed daemon left them (still forwarding), for the next start.
