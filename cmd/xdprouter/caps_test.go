@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,24 +113,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 			"setpriv", "--bounding-set", set, "--inh-caps", "-all", "--"}
 	}
 	knobs0 := queueKnobs(t, l)
-	leftovers := func(t *testing.T) {
-		t.Helper()
-		out, _ := execOut("ip", "-n", l.RouterNS, "link", "show")
-		if strings.Contains(out, "prog/xdp") {
-			t.Errorf("XDP left attached:\n%s", out)
-		}
-		if k := queueKnobs(t, l); !maps.Equal(k, knobs0) {
-			t.Errorf("XPS/RPS not restored:\n%v\nwant\n%v", k, knobs0)
-		}
-		for _, p := range []string{pins, sock, sock + ".lock"} {
-			if _, err := os.Stat(p); !os.IsNotExist(err) {
-				t.Errorf("%s left behind: %v", p, err)
-			}
-		}
-		if recs, _ := filepath.Glob(filepath.Join(dir, "*.affinity.json")); len(recs) > 0 {
-			t.Errorf("affinity record left behind: %v", recs)
-		}
-	}
+	leftovers := func(t *testing.T) { t.Helper(); hostAsFound(t, l, knobs0, dir, pins, sock) }
 
 	t.Run("unit set", func(t *testing.T) {
 		logPath := filepath.Join(dir, "unit.log")

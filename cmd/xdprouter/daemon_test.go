@@ -59,17 +59,44 @@ func daemonCommand(wrapper []string, config string) *exec.Cmd {
 // terminate sends SIGTERM and waits for a clean exit.
 func (p *daemonProc) terminate(t *testing.T, logPath string) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	p.signalExit(t, syscall.SIGTERM, logPath)
+}
+
+// signalExit sends sig and waits (20 s at most) for a clean exit.
+func (p *daemonProc) signalExit(t *testing.T, sig os.Signal, logPath string) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case err := <-p.done:
 		if err != nil {
 			b, _ := os.ReadFile(logPath)
-			t.Errorf("daemon exit after SIGTERM: %v\n%s", err, b)
+			t.Errorf("daemon exit after %v: %v\n%s", sig, err, b)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("daemon still running 20 s after SIGTERM")
+		t.Fatalf("daemon still running 20 s after %v", sig)
+	}
+}
+
+// hostAsFound checks that no daemon state is left: no XDP on the router's
+// interfaces, XPS/RPS as before (knobs0), no pins, socket, lock or
+// affinity record in dir.
+func hostAsFound(t *testing.T, l *lab.Lab, knobs0 map[string]string, dir, pins, sock string) {
+	t.Helper()
+	if out, _ := execOut("ip", "-n", l.RouterNS, "link", "show"); strings.Contains(out, "prog/xdp") {
+		t.Errorf("XDP left attached:\n%s", out)
+	}
+	if k := queueKnobs(t, l); !maps.Equal(k, knobs0) {
+		t.Errorf("XPS/RPS not restored:\n%v\nwant\n%v", k, knobs0)
+	}
+	for _, p := range []string{pins, sock, sock + ".lock"} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", p, err)
+		}
+	}
+	if recs, _ := filepath.Glob(filepath.Join(dir, "*.affinity.json")); len(recs) > 0 {
+		t.Errorf("affinity record left behind: %v", recs)
 	}
 }
 
@@ -389,18 +416,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	// SIGUSR2 hands off for an upgrade: the daemon exits, XDP forwards on
 	// with the pinned FIB (the afxdp interface through the kernel), and
 	// the next start takes everything over, warm.
-	if err := d2.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-d2.done:
-		if err != nil {
-			b, _ := os.ReadFile(logPath)
-			t.Errorf("daemon exit after SIGUSR2: %v\n%s", err, b)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon still running 20 s after SIGUSR2")
-	}
+	d2.signalExit(t, syscall.SIGUSR2, logPath)
 	if n := xdpLinks(); n != 3 {
 		t.Errorf("after the handoff %d interfaces have XDP, want 3", n)
 	}
@@ -419,20 +435,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		t.Errorf("after the handoff's successor started: sink matched %d of %d", got, sent)
 	}
 	d3.terminate(t, logPath)
-	if n := xdpLinks(); n != 0 {
-		t.Errorf("after SIGTERM %d interfaces still have XDP", n)
-	}
-	if knobs := queueKnobs(t, l); !maps.Equal(knobs, knobs0) {
-		t.Errorf("XPS/RPS after stop:\n%v\nbefore start:\n%v", knobs, knobs0)
-	}
-	for _, p := range []string{pins, sock, sock + ".lock"} {
-		if _, err := os.Stat(p); !os.IsNotExist(err) {
-			t.Errorf("%s left behind: %v", p, err)
-		}
-	}
-	if recs, _ := filepath.Glob(filepath.Join(dir, "*.affinity.json")); len(recs) > 0 {
-		t.Errorf("affinity record left behind: %v", recs)
-	}
+	hostAsFound(t, l, knobs0, dir, pins, sock)
 }
 
 // queueKnobs reads the XPS and RPS masks of every queue of the router's

@@ -194,30 +194,25 @@ func (p *Program) Unpin() error {
 // Close detaches the program from every interface it attached to (pinned
 // attachments too: only a killed process leaves them) and frees it;
 // attachments made by others are not touched.
-func (p *Program) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var errs []error
-	for ifindex, l := range p.links {
-		if err := errors.Join(l.Unpin(), l.Close()); err != nil {
-			errs = append(errs, fmt.Errorf("detach from ifindex %d: %w", ifindex, err))
-		}
-		delete(p.links, ifindex)
-		delete(p.pins, ifindex)
-	}
-	errs = append(errs, p.objs.Close())
-	return errors.Join(errs...)
-}
+func (p *Program) Close() error { return p.close(true) }
 
 // Release closes the program's descriptors but leaves its pins, so pinned
 // attachments keep forwarding as after a crash and the next process can
 // take them over.
-func (p *Program) Release() error {
+func (p *Program) Release() error { return p.close(false) }
+
+func (p *Program) close(unpin bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
 	for ifindex, l := range p.links {
-		errs = append(errs, l.Close())
+		var err error
+		if unpin {
+			err = l.Unpin()
+		}
+		if err := errors.Join(err, l.Close()); err != nil {
+			errs = append(errs, fmt.Errorf("close attachment of ifindex %d: %w", ifindex, err))
+		}
 		delete(p.links, ifindex)
 		delete(p.pins, ifindex)
 	}
