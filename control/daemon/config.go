@@ -48,7 +48,8 @@ type Config struct {
 	// Socket sizes the AF_XDP sockets.
 	Socket SocketConfig `yaml:"socket"`
 	// Spin is how long an idle worker busy-polls before sleeping
-	// (default 200µs; "-1ns": never sleep).
+	// (default 0: sleep in poll(2) as soon as its rx rings are empty;
+	// "-1ns": never sleep). Spin only on CPUs nothing else needs.
 	Spin time.Duration `yaml:"spin"`
 	// Metrics is the Prometheus listen address (default 127.0.0.1:9470;
 	// "off" to disable).

@@ -55,7 +55,11 @@ type Config struct {
 	// (default 64).
 	Batch int
 	// Spin is how long an idle worker busy-polls before sleeping in
-	// poll(2) (default 200µs; negative: never sleep, 100 % of its CPU).
+	// poll(2). The default, 0, sleeps as soon as every rx ring is empty:
+	// a worker that spins on a CPU it shares (with the softirq that fills
+	// its rings, or any other task) uses up its fair share and then waits
+	// a whole scheduler slice when frames arrive, while its ring fills.
+	// Negative: never sleep (100 % of its CPU; only on a CPU of its own).
 	Spin time.Duration
 }
 
@@ -103,9 +107,6 @@ func (c Config) Validate() error {
 func Start(cfg Config) (*Engine, error) {
 	if cfg.Batch == 0 {
 		cfg.Batch = 256
-	}
-	if cfg.Spin == 0 {
-		cfg.Spin = 200 * time.Microsecond
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

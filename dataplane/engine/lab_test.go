@@ -284,6 +284,7 @@ func TestRouteChange(t *testing.T) {
 	}
 	if after.MatchedPackets != res.Sent {
 		t.Errorf("sink matched %d of %d frames across the change", after.MatchedPackets, res.Sent)
+		r.account(t)
 	}
 	if after.MatchedForeignMAC != settled.MatchedForeignMAC {
 		t.Errorf("%d frames left with the old next hop's MAC after the change", after.MatchedForeignMAC-settled.MatchedForeignMAC)
@@ -383,5 +384,21 @@ func TestRoundAllocs(t *testing.T) {
 	got, _ := r.sink.WaitMatched(context.Background(), res.Sent, time.Second)
 	if got.MatchedPackets != res.Sent {
 		t.Errorf("sink matched %d of %d", got.MatchedPackets, res.Sent)
+	}
+}
+
+// account logs where the frames went: the program's verdicts, each
+// worker's counters, and each socket's XDP_STATISTICS (rx_ring_full: the
+// worker did not drain its ring in time; fill_ring_empty: no frame to
+// receive into), so a loss names its place.
+func (r *rig) account(t *testing.T) {
+	t.Helper()
+	t.Logf("program: %v", r.counters(t).Map())
+	for _, w := range r.eng.Stats() {
+		t.Logf("worker %d cpu %d: rx %d forwarded %d drops %v kicks %d sleeps %d rounds %d user %v sys %v",
+			w.Queue, w.CPU, w.RxPackets, w.Forwarded, w.Drops, w.Kicks, w.Sleeps, w.Rounds, w.UserTime, w.SystemTime)
+		for _, s := range w.Sockets {
+			t.Logf("  ifindex %d queue %d: rx %d tx %d kernel %+v", s.Ifindex, s.Queue, s.RxPackets, s.TxPackets, s.Kernel)
+		}
 	}
 }

@@ -125,6 +125,10 @@ func (w *worker) run(started chan<- error) {
 			idleSince = time.Time{}
 			continue
 		}
+		if w.spin == 0 {
+			w.sleep()
+			continue
+		}
 		// Reading the clock costs more than an empty round here (kvm-clock):
 		// look at it every 64 empty rounds only.
 		if empty++; w.spin < 0 || empty%64 != 0 {
