@@ -61,17 +61,39 @@ enum counter {
 	C_PASS_NEIGHBOUR,    // nexthop unresolved, incomplete or failed
 	C_PASS_MTU,          // larger than the egress MTU
 	C_PASS_NO_XSK,       // engine afxdp with no socket on this queue or for the egress
+	C_PASS_NO_FORWARDING, // forwarding off for the family on the ingress interface
+	C_PASS_RP_FILTER,     // rp_filter on: the kernel validates the source
+	C_PASS_REDIRECT,      // egress = ingress and the kernel would send a redirect
+	C_PASS_POLICY,        // a kernel setting the fast path does not implement (firewall, tc, rules)
 	// Dropped, by reason.
 	C_DROP_MALFORMED,
 	C_DROP_CHECKSUM,
 	C_DROP_BLACKHOLE,
+	C_DROP_OTHER_HOST, // unicast to another host's MAC (Linux: PACKET_OTHERHOST)
 	C_MAX,
+};
+
+// iface_flag is the kernel's policy for an ingress interface, as the
+// control plane read it (sysctls, firewall, tc, rules). Zero is the
+// permissive default: forward everything forwardable.
+enum iface_flag {
+	IF_NO_FWD4 = 1 << 0,     // net.ipv4.conf.IF.forwarding = 0
+	IF_NO_FWD6 = 1 << 1,     // net.ipv6.conf.all.forwarding = 0 (and not force_forwarding), or disable_ipv6
+	IF_KERNEL4 = 1 << 2,     // every IPv4 frame to the kernel (netfilter, tc, rules)
+	IF_KERNEL6 = 1 << 3,     // every IPv6 frame to the kernel
+	IF_RP_FILTER = 1 << 4,   // rp_filter strict or loose: IPv4 to the kernel
+	IF_REDIRECTS = 1 << 5,   // send_redirects: IPv4 hairpin to the kernel
+	IF_MAC_CHECK = 1 << 6,   // unicast to another MAC than mac is not for us
+	IF_OTHER_HOST_KERNEL = 1 << 7, // ... and goes to the kernel (upper devices) instead of being dropped
 };
 
 // iface is an ingress interface's configuration.
 struct iface {
 	__u32 engine;
-	__u32 slot; // counters and XSKMAP row
+	__u32 slot;  // counters and XSKMAP row
+	__u32 flags; // enum iface_flag
+	__u8 mac[6];
+	__u16 pad;
 };
 
 struct counters {
@@ -272,35 +294,58 @@ static __always_inline void static_resolve(struct hop *h)
 	}
 }
 
-// send hands a forwardable frame to its engine; l3len is the IP packet's
-// length for the MTU check, ttl points at the TTL/hop limit to decrement.
-static __always_inline int send(struct pkt *p, struct hop *h, __u32 l3len)
+// send decides whether a forwardable frame can leave by the fast path:
+// l3len is the IP packet's length (the MTU check is on it, as Linux's).
+// It returns the action, or -1 when the frame goes to its engine (engine
+// afxdp: to_xsk; engine xdp: the caller rewrites MACs and TTL/hop limit,
+// then calls redirect).
+static __always_inline int send(struct pkt *p, struct hop *h, __u32 l3len, __u32 v6)
 {
 	if (h->mtu && l3len > h->mtu)
 		return pass(p, C_PASS_MTU);
+	if (h->ifindex == p->ctx->ingress_ifindex && (v6 || (p->cfg->flags & IF_REDIRECTS)))
+		return pass(p, C_PASS_REDIRECT);
 	if (p->cfg->engine == ENGINE_AFXDP) {
-		__u32 key = p->cfg->slot * MAX_QUEUES + p->ctx->rx_queue_index;
 		if (p->ctx->rx_queue_index >= MAX_QUEUES || !bpf_map_lookup_elem(&xsk_egress, &h->ifindex))
 			return pass(p, C_PASS_NO_XSK);
-		int act = bpf_redirect_map(&xsks, key, XDP_PASS);
-		if (act == XDP_REDIRECT)
-			p->c->c[C_TO_AFXDP]++;
-		else
-			p->c->c[C_PASS_NO_XSK]++;
-		return act;
+		return -1;
 	}
 	if (!bpf_map_lookup_elem(&tx_ports, &h->ifindex))
 		return pass(p, C_REDIRECT_ERR);
-	return -1; // caller rewrites, then redirects
+	return -1;
 }
 
-static __always_inline int redirect(struct pkt *p, struct hop *h)
+// to_xsk steers a frame to the AF_XDP socket of its queue, without the
+// excess bytes that follow the IP packet (Ethernet padding, trailers:
+// Linux trims them, and so do we).
+static __always_inline int to_xsk(struct pkt *p, __u32 excess)
+{
+	__u32 key = p->cfg->slot * MAX_QUEUES + p->ctx->rx_queue_index;
+	if (excess && bpf_xdp_adjust_tail(p->ctx, -(int)excess))
+		return drop(p, C_DROP_MALFORMED);
+	if (bpf_redirect_map(&xsks, key, XDP_PASS) == XDP_REDIRECT) {
+		p->c->c[C_TO_AFXDP]++;
+		return XDP_REDIRECT;
+	}
+	p->c->c[C_PASS_NO_XSK]++;
+	return XDP_PASS;
+}
+
+// redirect writes the MACs, trims what follows the IP packet and sends
+// the frame out of its egress.
+static __always_inline int redirect(struct pkt *p, struct hop *h, __u32 excess)
 {
 	struct ethhdr *eth = p->data;
 	__builtin_memcpy(eth->h_dest, h->dmac, 6);
 	__builtin_memcpy(eth->h_source, h->smac, 6);
+	__u64 len = p->end - p->data;
+	if (excess) {
+		if (bpf_xdp_adjust_tail(p->ctx, -(int)excess))
+			return drop(p, C_DROP_MALFORMED);
+		len -= excess;
+	}
 	p->c->c[C_FORWARDED]++;
-	p->c->c[C_FORWARDED_BYTES] += p->end - p->data;
+	p->c->c[C_FORWARDED_BYTES] += len;
 	return bpf_redirect_map(&tx_ports, h->ifindex, 0);
 }
 
@@ -313,6 +358,8 @@ static __always_inline int v4_martian(__u32 a)
 static __always_inline int handle_v4(struct pkt *p, void *l3)
 {
 	__u8 *ip = l3;
+	if (p->cfg->flags & IF_KERNEL4)
+		return pass(p, C_PASS_POLICY);
 	if ((void *)(ip + 20) > p->end)
 		return drop(p, C_DROP_MALFORMED);
 	__u8 vihl = ip[0];
@@ -339,6 +386,15 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 	__u32 dkey = bpf_htonl(daddr);
 	if (bpf_map_lookup_elem(&local4, &dkey))
 		return pass(p, C_PASS_LOCAL);
+	// The kernel forwards nothing from an interface with forwarding off
+	// and takes a source that is one of its own addresses for a martian.
+	if (p->cfg->flags & IF_NO_FWD4)
+		return pass(p, C_PASS_NO_FORWARDING);
+	__u32 skey = bpf_htonl(saddr);
+	if (bpf_map_lookup_elem(&local4, &skey))
+		return pass(p, C_PASS_MARTIAN);
+	if (p->cfg->flags & IF_RP_FILTER)
+		return pass(p, C_PASS_RP_FILTER);
 	if (ip[8] <= 1)
 		return pass(p, C_PASS_TTL);
 
@@ -374,16 +430,19 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 		if (resolve(p, res, hash, &h, &act) < 0)
 			return act;
 	}
-	act = send(p, &h, tot);
+	__u32 excess = p->end - ((void *)ip + tot);
+	act = send(p, &h, tot, 0);
 	if (act >= 0)
 		return act;
+	if (p->cfg->engine == ENGINE_AFXDP)
+		return to_xsk(p, excess);
 	// RFC 1624: HC' = ~(~HC + ~m + m'), m the 16-bit word holding the TTL.
 	__u16 old = *(__u16 *)(ip + 8);
 	ip[8]--;
 	__u16 new = *(__u16 *)(ip + 8);
 	__u16 *check = (__u16 *)(ip + 10);
 	*check = ~csum_fold((__u16)~*check + (__u32)(__u16)~old + new);
-	return redirect(p, &h);
+	return redirect(p, &h, excess);
 }
 
 static __always_inline int is_ext_header(__u8 nh)
@@ -407,6 +466,8 @@ static __always_inline int is_ext_header(__u8 nh)
 static __always_inline int handle_v6(struct pkt *p, void *l3)
 {
 	__u8 *ip = l3;
+	if (p->cfg->flags & IF_KERNEL6)
+		return pass(p, C_PASS_POLICY);
 	if ((void *)(ip + 40) > p->end)
 		return drop(p, C_DROP_MALFORMED);
 	if ((ip[0] >> 4) != 6)
@@ -429,6 +490,11 @@ static __always_inline int handle_v6(struct pkt *p, void *l3)
 	__builtin_memcpy(key.a, dst, 16);
 	if (bpf_map_lookup_elem(&local6, &key))
 		return pass(p, C_PASS_LOCAL);
+	if (p->cfg->flags & IF_NO_FWD6)
+		return pass(p, C_PASS_NO_FORWARDING);
+	__builtin_memcpy(key.a, src, 16);
+	if (bpf_map_lookup_elem(&local6, &key))
+		return pass(p, C_PASS_MARTIAN);
 	__u8 nexthdr = ip[6];
 	if (is_ext_header(nexthdr))
 		return pass(p, C_PASS_EXT_HEADER);
@@ -468,11 +534,14 @@ static __always_inline int handle_v6(struct pkt *p, void *l3)
 		if (resolve(p, res, hash, &h, &act) < 0)
 			return act;
 	}
-	act = send(p, &h, 40 + plen);
+	__u32 excess = p->end - ((void *)ip + 40 + plen);
+	act = send(p, &h, 40 + plen, 1);
 	if (act >= 0)
 		return act;
+	if (p->cfg->engine == ENGINE_AFXDP)
+		return to_xsk(p, excess);
 	ip[7]--;
-	return redirect(p, &h);
+	return redirect(p, &h, excess);
 }
 
 SEC("xdp")
@@ -501,6 +570,12 @@ int xdp_router(struct xdp_md *ctx)
 		return pass(&p, C_PASS_ENGINE);
 	if (eth->h_dest[0] & 1)
 		return pass(&p, C_PASS_L2_MULTICAST);
+	if ((p.cfg->flags & IF_MAC_CHECK) &&
+	    (*(__u32 *)eth->h_dest != *(__u32 *)p.cfg->mac || *(__u16 *)(eth->h_dest + 4) != *(__u16 *)(p.cfg->mac + 4))) {
+		if (p.cfg->flags & IF_OTHER_HOST_KERNEL)
+			return pass(&p, C_PASS_POLICY);
+		return drop(&p, C_DROP_OTHER_HOST);
+	}
 	__u16 proto = eth->h_proto;
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
 		// VLAN subinterfaces are the kernel's: validate the tag, pass it.

@@ -30,9 +30,14 @@ const (
 	PassNeighbour
 	PassMTU
 	PassNoXSK
+	PassNoForwarding
+	PassRPFilter
+	PassRedirect
+	PassPolicy
 	DropMalformed
 	DropChecksum
 	DropBlackhole
+	DropOtherHost
 	numCounters
 )
 
@@ -42,7 +47,8 @@ var CounterNames = [numCounters]string{
 	"pass_engine", "pass_non_ip", "pass_arp", "pass_vlan", "pass_l2_multicast", "pass_ip_multicast",
 	"pass_martian", "pass_link_local", "pass_local", "pass_ttl", "pass_ip_options", "pass_ext_header",
 	"pass_no_route", "pass_unreachable", "pass_prohibit", "pass_kernel_route", "pass_neighbour",
-	"pass_mtu", "pass_no_xsk", "drop_malformed", "drop_checksum", "drop_blackhole",
+	"pass_mtu", "pass_no_xsk", "pass_no_forwarding", "pass_rp_filter", "pass_redirect", "pass_policy",
+	"drop_malformed", "drop_checksum", "drop_blackhole", "drop_other_host",
 }
 
 // Counters are one interface's counters summed over CPUs.
@@ -51,7 +57,7 @@ type Counters [numCounters]uint64
 // Passed is the number of frames given to the kernel, all reasons.
 func (c Counters) Passed() uint64 {
 	var n uint64
-	for i := PassEngine; i <= PassNoXSK; i++ {
+	for i := PassEngine; i <= PassPolicy; i++ {
 		n += c[i]
 	}
 	return n
@@ -59,7 +65,7 @@ func (c Counters) Passed() uint64 {
 
 // Dropped is the number of frames dropped, all reasons.
 func (c Counters) Dropped() uint64 {
-	return c[DropMalformed] + c[DropChecksum] + c[DropBlackhole]
+	return c[DropMalformed] + c[DropChecksum] + c[DropBlackhole] + c[DropOtherHost]
 }
 
 // Map returns the non-zero counters by name.

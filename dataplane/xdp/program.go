@@ -93,6 +93,8 @@ type Program struct {
 	pins  map[int]string    // by ifindex: where each is pinned (Options.PinPath)
 	slots map[int]uint32    // by ifindex
 	free  []uint32
+	// policies by ifindex, kept across Configure and SetPolicy.
+	policies map[int]Policy
 }
 
 // Load loads the router program bound to the table's maps (table may be
@@ -130,7 +132,7 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 			spec.Maps[name].MaxEntries = 1
 		}
 	}
-	p := &Program{opts: opts, links: map[int]link.Link{}, pins: map[int]string{}, slots: map[int]uint32{}}
+	p := &Program{opts: opts, links: map[int]link.Link{}, pins: map[int]string{}, slots: map[int]uint32{}, policies: map[int]Policy{}}
 	copts := &ebpf.CollectionOptions{MapReplacements: repl}
 	if opts.PinPath != "" {
 		if err := bpffs.Ensure(opts.PinPath); err != nil {
@@ -167,6 +169,7 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 	var cfg routerIface
 	for it := p.objs.Ifaces.Iterate(); it.Next(&ifindex, &cfg); {
 		p.slots[int(ifindex)] = cfg.Slot
+		p.policies[int(ifindex)] = Policy{Flags: PolicyFlag(cfg.Flags), MAC: net.HardwareAddr(cfg.Mac[:])}
 		used[cfg.Slot] = true
 	}
 	for i := MaxIfaces - 1; i >= 0; i-- {
@@ -250,7 +253,7 @@ func (p *Program) configure(ifindex int, e Engine) error {
 		}
 		p.slots[ifindex] = slot
 	}
-	if err := p.objs.Ifaces.Put(uint32(ifindex), routerIface{Engine: uint32(e), Slot: slot}); err != nil {
+	if err := p.objs.Ifaces.Put(uint32(ifindex), ifaceEntry(e, slot, p.policies[ifindex])); err != nil {
 		return fmt.Errorf("configure ifindex %d: %w", ifindex, err)
 	}
 	return nil

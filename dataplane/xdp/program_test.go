@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -462,5 +463,88 @@ func TestSources(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPolicy: each kernel setting the control plane reads makes the
+// program do what Linux does with the frame: pass it to the kernel (with
+// the setting's reason), drop it, or forward it trimmed to the IP length.
+func TestPolicy(t *testing.T) {
+	r := newRig(t, SourceFIB)
+	other := net.HardwareAddr{0x02, 0xbb, 0, 0, 0, 1}
+	v4 := pkt{src: "10.1.2.3", dst: "198.19.0.77"}
+	v6 := pkt{src: "2001:2:0:8000::5", dst: "2001:2:0:ff00::77"}
+	pad := func(n int) func([]byte) []byte {
+		return func(b []byte) []byte { return append(b, bytes.Repeat([]byte{0xee}, n)...) }
+	}
+	with := func(p pkt, f func(*pkt)) pkt { f(&p); return p }
+	tests := []struct {
+		name    string
+		flags   PolicyFlag
+		p       pkt
+		act     uint32
+		counter Counter
+		trimmed int // bytes the forwarded frame loses
+	}{
+		{"v4 no policy", 0, v4, actRedirect, Forwarded, 0},
+		{"v4 forwarding off", NoForward4, v4, actPass, PassNoForwarding, 0},
+		{"v4 forwarding off, v6 still forwarded", NoForward4, v6, actRedirect, Forwarded, 0},
+		{"v6 forwarding off", NoForward6, v6, actPass, PassNoForwarding, 0},
+		{"v6 forwarding off, local still delivered", NoForward6, with(v6, func(p *pkt) { p.dst = "2001:2:0:1::1" }), actPass, PassLocal, 0},
+		{"v4 to the kernel", Kernel4, v4, actPass, PassPolicy, 0},
+		{"v4 to the kernel, even malformed", Kernel4, with(v4, func(p *pkt) { p.badCsum = true }), actPass, PassPolicy, 0},
+		{"v6 to the kernel", Kernel6, v6, actPass, PassPolicy, 0},
+		{"v4 rp_filter", RPFilter, v4, actPass, PassRPFilter, 0},
+		{"v4 own source", 0, with(v4, func(p *pkt) { p.src = "198.18.1.1" }), actPass, PassMartian, 0},
+		{"v6 own source", 0, with(v6, func(p *pkt) { p.src = "2001:2:0:1::1" }), actPass, PassMartian, 0},
+		{"other host's MAC", MACCheck, with(v4, func(p *pkt) { p.dstMAC = other }), actDrop, DropOtherHost, 0},
+		{"other host's MAC, upper devices", MACCheck | OtherHostKernel, with(v4, func(p *pkt) { p.dstMAC = other }), actPass, PassPolicy, 0},
+		{"own MAC", MACCheck, v4, actRedirect, Forwarded, 0},
+		{"v4 padded", 0, with(v4, func(p *pkt) { p.mangle = pad(7) }), actRedirect, Forwarded, 7},
+		{"v6 trailer", 0, with(v6, func(p *pkt) { p.mangle = pad(100) }), actRedirect, Forwarded, 100},
+		{"v4 hairpin, send_redirects", Redirects, with(v4, func(p *pkt) { p.dst = "198.19.11.1" }), actPass, PassRedirect, 0},
+		{"v4 hairpin, no redirects", 0, with(v4, func(p *pkt) { p.dst = "198.19.11.1" }), actRedirect, Forwarded, 0},
+		{"v6 hairpin", 0, with(v6, func(p *pkt) { p.dst = "2001:2:0:ff0b::1" }), actPass, PassRedirect, 0},
+	}
+	// Routes back out of the ingress interface, for the hairpin cases.
+	r.setNH(t, 8, fib.Nexthop{Ifindex: r.in.Index, SrcMAC: r.in.MAC, DstMAC: r.sink, MTU: 1500, State: fib.Resolved})
+	for _, p := range []string{"198.19.11.0/24", "2001:2:0:ff0b::/64"} {
+		if err := r.tb.Insert(netip.MustParsePrefix(p), fib.MakeResult(fib.RouteNexthop, 8)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lab.InNamespace(r.lab.RouterNS, func() error { return r.prog.AddEgress(r.in.Index) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := r.prog.SetPolicy(r.in.Index, Policy{Flags: tc.flags, MAC: r.in.MAC}); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := r.prog.Counters(r.in.Index)
+			in := r.frame(tc.p)
+			act, out := r.run(t, in)
+			after, _ := r.prog.Counters(r.in.Index)
+			if act != tc.act || after[tc.counter] != before[tc.counter]+1 {
+				t.Fatalf("action %d, counters moved %v; want %d and %s", act, diff(before, after), tc.act, CounterNames[tc.counter])
+			}
+			if tc.act != actRedirect {
+				return
+			}
+			egress := r.out.MAC
+			if strings.HasPrefix(tc.name, "v4 hairpin") {
+				egress = r.in.MAC
+			}
+			want := forwarded(t, in[:len(in)-tc.trimmed], egress, r.sink)
+			if !bytes.Equal(out, want) {
+				t.Errorf("forwarded frame\n got %x\nwant %x", out, want)
+			}
+			if got := after[ForwardedBytes] - before[ForwardedBytes]; got != uint64(len(want)) {
+				t.Errorf("forwarded_bytes moved by %d, want %d (the trimmed length)", got, len(want))
+			}
+		})
+	}
+	if err := r.prog.SetPolicy(r.in.Index, Policy{Flags: MACCheck}); err == nil {
+		t.Error("a MAC check without a MAC was accepted")
 	}
 }

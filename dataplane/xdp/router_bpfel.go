@@ -29,7 +29,7 @@ type routerBpfDevmapVal struct {
 
 type routerCounters struct {
 	_ structs.HostLayout
-	C [28]uint64
+	C [33]uint64
 }
 
 type routerFibEcmp struct {
@@ -65,6 +65,9 @@ type routerIface struct {
 	_      structs.HostLayout
 	Engine uint32
 	Slot   uint32
+	Flags  uint32
+	Mac    [6]uint8
+	Pad    uint16
 }
 
 // Names of all BPF objects in the ELF.
