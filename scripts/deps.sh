@@ -2,8 +2,9 @@
 # Installs what building, generating and testing xdprouter need, only when
 # it is missing (safe to run again): clang/llvm and libbpf headers for the
 # BPF programs, iproute2 and ethtool for inspecting the lab by hand, ping
-# for the tests that check the kernel still answers what XDP passes it, and
-# BIRD 2 for the control-plane test with a real routing daemon.
+# for the tests that check the kernel still answers what XDP passes it,
+# BIRD 2 for the control-plane test with a real routing daemon, and nft for
+# the tests that put a firewall in front of the fast path.
 set -euo pipefail
 
 need=()
@@ -15,6 +16,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v bird >/dev/null 2>&1 || need+=(bird2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

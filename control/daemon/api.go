@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/xdprouter/xdprouter/control/kernelpolicy"
 	"github.com/xdprouter/xdprouter/control/netlink"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
@@ -38,6 +39,9 @@ type Status struct {
 	Affinity []string      `json:"affinity,omitempty"`
 	FIB      fib.Stats     `json:"fib"`
 	Mirror   netlink.Stats `json:"mirror"`
+	// Policy says what the fast path honours natively and what goes to
+	// the kernel, and why (firewall, tc, rules, sysctls).
+	Policy kernelpolicy.Snapshot `json:"policy"`
 }
 
 // InterfaceStatus is one port.
@@ -93,6 +97,9 @@ func (d *Daemon) Status() Status {
 	}
 	if d.mirror != nil {
 		s.Mirror = d.mirror.Stats()
+	}
+	if d.policy != nil {
+		s.Policy = d.policy.Snapshot()
 	}
 	return s
 }

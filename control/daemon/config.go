@@ -31,6 +31,11 @@ type Config struct {
 	// Table is the kernel routing table mirrored into the FIB (default
 	// 254, main).
 	Table int `yaml:"table"`
+	// BypassFirewall keeps the fast path even when nftables or iptables
+	// rules, tc filters, shaping qdiscs or policy rules could affect
+	// forwarded traffic (by default such traffic goes to the kernel).
+	// Dangerous: the fast path then skips them (docs/operator.md).
+	BypassFirewall bool `yaml:"bypass_firewall"`
 	// CPUs are the AF_XDP workers' CPUs: worker q on CPUs[q] (default:
 	// q mod the number of CPUs).
 	CPUs []int `yaml:"cpus"`

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdprouter/xdprouter/control/affinity"
+	"github.com/xdprouter/xdprouter/control/kernelpolicy"
 	"github.com/xdprouter/xdprouter/control/netlink"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
@@ -32,6 +33,7 @@ type Daemon struct {
 	table   *fib.Table
 	prog    *xdp.Program
 	mirror  *netlink.Mirror
+	policy  *kernelpolicy.Watcher
 	eng     *engine.Engine
 	ifindex map[string]int
 	cancel  context.CancelFunc
@@ -140,6 +142,16 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	if d.prog, err = xdp.Load(d.table, po); err != nil {
 		return nil, err
 	}
+	// The kernel's policy (forwarding switches, rp_filter, firewall, tc,
+	// rules) is in the program before any interface forwards.
+	served := make([]int, 0, len(d.ifindex))
+	for _, ifc := range cfg.Interfaces {
+		served = append(served, d.ifindex[ifc.Name])
+	}
+	if d.policy, err = kernelpolicy.NewWatcher(kernelpolicy.Config{Namespace: cfg.Namespace, Interfaces: served,
+		Dataplane: d.prog, BypassFirewall: cfg.BypassFirewall, Logger: slog.Default()}); err != nil {
+		return nil, fmt.Errorf("read the kernel's forwarding policy: %w", err)
+	}
 	// 1. Every interface in pass: the kernel forwards while we fill the FIB
 	// (or, with a FIB kept on bpffs, the configured engines at once).
 	err = netnsrun.Do(cfg.Namespace, func() error {
@@ -187,11 +199,18 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 	d.bg.Add(1)
 	// Not d: the named result is nil once a failed Start returns, and Stop
 	// clears mirror, maybe before this goroutine runs.
-	m := d.mirror
+	m, pw := d.mirror, d.policy
 	go func() {
 		defer self.bg.Done()
 		if err := m.Run(bctx); err != nil {
 			slog.Error("netlink mirror stopped", "err", err)
+		}
+	}()
+	d.bg.Add(1)
+	go func() {
+		defer self.bg.Done()
+		if err := pw.Run(bctx); err != nil {
+			slog.Error("kernel policy watch stopped", "err", err)
 		}
 	}()
 	// 3. Engines.
@@ -465,6 +484,10 @@ func (d *Daemon) stopWorkersAndMirror() error {
 	if d.mirror != nil {
 		errs = append(errs, d.mirror.Close())
 		d.mirror = nil
+	}
+	if d.policy != nil {
+		errs = append(errs, d.policy.Close())
+		d.policy = nil
 	}
 	return errors.Join(errs...)
 }

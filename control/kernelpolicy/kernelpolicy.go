@@ -1,0 +1,428 @@
+// Package kernelpolicy reads what Linux applies to forwarded traffic
+// besides the routing table (forwarding, rp_filter and send_redirects
+// sysctls, policy rules, nftables and legacy iptables, tc filters and
+// shaping qdiscs, the Ethernet destination check) and turns it into the
+// XDP program's per-interface policy: what the fast path does natively,
+// and which frames it hands to the kernel, with the reason for each.
+//
+// The kernel is the oracle: a setting the fast path does not implement
+// sends every frame it could affect to the kernel, unless the operator
+// explicitly bypasses it (Config.BypassFirewall).
+package kernelpolicy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/google/nftables"
+	vnl "github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
+)
+
+// Snapshot is the kernel's policy for the served interfaces at one moment.
+type Snapshot struct {
+	// Policies are the XDP program's per-interface policies, by ifindex.
+	Policies map[int]xdp.Policy `json:"-"`
+	// Interfaces say, per served interface, what the fast path honours
+	// natively and what goes to the kernel, and why.
+	Interfaces []Interface `json:"interfaces"`
+	// Kernel4 and Kernel6 are why every IPv4 or IPv6 frame goes to the
+	// kernel (on every served interface); Bypassed what would have, but
+	// the configuration bypasses it.
+	Kernel4  []string `json:"kernel_ipv4,omitempty"`
+	Kernel6  []string `json:"kernel_ipv6,omitempty"`
+	Bypassed []string `json:"bypassed,omitempty"`
+}
+
+// Interface is one served interface's part of a Snapshot.
+type Interface struct {
+	Ifindex int      `json:"ifindex"`
+	Name    string   `json:"name"`
+	Native  []string `json:"native"`           // settings the fast path implements here
+	Kernel  []string `json:"kernel,omitempty"` // frames that go to the kernel, and why
+}
+
+// Read takes a Snapshot of the namespace ("" = ours) for the served
+// interfaces. bypass keeps the fast path despite firewall, tc and policy
+// rules (reported as Bypassed).
+func Read(namespace string, ifindexes []int, bypass bool) (Snapshot, error) {
+	var s Snapshot
+	err := netnsrun.Do(namespace, func() error {
+		var err error
+		s, err = read(ifindexes, bypass)
+		return err
+	})
+	return s, err
+}
+
+// read runs inside the namespace: /proc/sys/net and netlink are its own.
+func read(ifindexes []int, bypass bool) (Snapshot, error) {
+	s := Snapshot{Policies: map[int]xdp.Policy{}}
+	links, err := vnl.LinkList()
+	if err != nil {
+		return s, fmt.Errorf("list links: %w", err)
+	}
+	byIndex := map[int]vnl.Link{}
+	for _, l := range links {
+		byIndex[l.Attrs().Index] = l
+	}
+	var k4, k6 []string // every frame of the family to the kernel
+	kernelBoth := func(why string) { k4, k6 = append(k4, why), append(k6, why) }
+
+	// Policy rules: only the kernel's defaults are what one FIB does.
+	for _, fam := range []struct {
+		f    int
+		name string
+		out  *[]string
+	}{{vnl.FAMILY_V4, "ip", &k4}, {vnl.FAMILY_V6, "ip -6", &k6}} {
+		rules, err := vnl.RuleList(fam.f)
+		if err != nil {
+			return s, fmt.Errorf("list %s rules: %w", fam.name, err)
+		}
+		for _, r := range rules {
+			if !defaultRule(fam.f, r) {
+				*fam.out = append(*fam.out, fmt.Sprintf("%s rule %s (policy routing is the kernel's)", fam.name, ruleString(r)))
+			}
+		}
+	}
+	// nftables: any base chain on a hook forwarded traffic crosses.
+	nft, err := nftablesHooks(byIndex)
+	if err != nil {
+		return s, err
+	}
+	for _, h := range nft {
+		switch h.family {
+		case 4:
+			k4 = append(k4, h.why)
+		case 6:
+			k6 = append(k6, h.why)
+		default:
+			kernelBoth(h.why)
+		}
+	}
+	// Legacy iptables: a loaded table sees every forwarded packet.
+	for _, t := range []struct {
+		file string
+		out  *[]string
+	}{{"ip_tables_names", &k4}, {"ip6_tables_names", &k6}} {
+		b, err := os.ReadFile("/proc/thread-self/net/" + t.file)
+		if err != nil {
+			continue // module not loaded
+		}
+		for _, name := range strings.Fields(string(b)) {
+			*t.out = append(*t.out, fmt.Sprintf("legacy %s table %s", strings.TrimSuffix(t.file, "_names"), name))
+		}
+	}
+
+	all4 := sysctl("ipv4/conf/all")
+	all6 := sysctl("ipv6/conf/all")
+	perIface := map[int][]string{} // ingress-only reasons to the kernel, per interface
+	for _, ifindex := range ifindexes {
+		l, ok := byIndex[ifindex]
+		if !ok {
+			return s, fmt.Errorf("ifindex %d: no such interface", ifindex)
+		}
+		name := l.Attrs().Name
+		tcIn, tcOut, err := tcOf(l)
+		if err != nil {
+			return s, err
+		}
+		perIface[ifindex] = append(perIface[ifindex], tcIn...)
+		for _, why := range tcOut {
+			kernelBoth(why) // egress: any ingress may route there
+		}
+		if sysctl("ipv6/conf/"+name).int("disable_ipv6") != 0 {
+			k6 = append(k6, "IPv6 disabled on "+name+" (disable_ipv6)")
+		}
+	}
+	if bypass {
+		s.Bypassed = slices.Concat(k4, k6)
+		for _, r := range perIface {
+			s.Bypassed = append(s.Bypassed, r...)
+		}
+		k4, k6, perIface = nil, nil, map[int][]string{}
+	}
+	s.Kernel4, s.Kernel6 = dedupe(k4), dedupe(k6)
+
+	for _, ifindex := range ifindexes {
+		l := byIndex[ifindex]
+		name := l.Attrs().Name
+		c4, c6 := sysctl("ipv4/conf/"+name), sysctl("ipv6/conf/"+name)
+		var pol xdp.Policy
+		ifc := Interface{Ifindex: ifindex, Name: name}
+		if mac := l.Attrs().HardwareAddr; len(mac) == 6 {
+			pol.Flags |= xdp.MACCheck
+			pol.MAC = mac
+			if uppers := uppersOf(ifindex, l, byIndex); len(uppers) > 0 {
+				pol.Flags |= xdp.OtherHostKernel
+				ifc.Kernel = append(ifc.Kernel, "unicast to other MACs ("+strings.Join(uppers, ", ")+")")
+			} else {
+				ifc.Native = append(ifc.Native, "Ethernet destination check (drop other hosts' unicast)")
+			}
+		}
+		if c4.int("forwarding") == 0 {
+			pol.Flags |= xdp.NoForward4
+			ifc.Kernel = append(ifc.Kernel, "IPv4: forwarding off (net.ipv4.conf."+name+".forwarding=0)")
+		} else {
+			ifc.Native = append(ifc.Native, "IPv4 forwarding switch")
+		}
+		if all6.int("forwarding") == 0 && c6.int("force_forwarding") <= 0 || c6.int("disable_ipv6") != 0 {
+			pol.Flags |= xdp.NoForward6
+			ifc.Kernel = append(ifc.Kernel, "IPv6: forwarding off (net.ipv6.conf.all.forwarding=0 or disable_ipv6)")
+		} else {
+			ifc.Native = append(ifc.Native, "IPv6 forwarding switch")
+		}
+		if rp := max(all4.int("rp_filter"), c4.int("rp_filter")); rp > 0 {
+			pol.Flags |= xdp.RPFilter
+			ifc.Kernel = append(ifc.Kernel, fmt.Sprintf("IPv4: rp_filter=%d (source validation)", rp))
+		}
+		if all4.int("send_redirects") > 0 || c4.int("send_redirects") > 0 {
+			pol.Flags |= xdp.Redirects
+			ifc.Kernel = append(ifc.Kernel, "IPv4 hairpin (send_redirects: the kernel sends a redirect)")
+		}
+		ifc.Kernel = append(ifc.Kernel, "IPv6 hairpin (the kernel sends a redirect)")
+		ifc.Native = append(ifc.Native, "own-address and martian sources to the kernel", "trim to the IP length")
+		if len(perIface[ifindex]) > 0 {
+			pol.Flags |= xdp.Kernel4 | xdp.Kernel6
+			for _, why := range perIface[ifindex] {
+				ifc.Kernel = append(ifc.Kernel, "all: "+why)
+			}
+		}
+		if len(s.Kernel4) > 0 {
+			pol.Flags |= xdp.Kernel4
+		}
+		if len(s.Kernel6) > 0 {
+			pol.Flags |= xdp.Kernel6
+		}
+		s.Policies[ifindex] = pol
+		s.Interfaces = append(s.Interfaces, ifc)
+	}
+	return s, nil
+}
+
+// defaultRule tells the rules every namespace starts with (lookup local,
+// main and, for IPv4, default) from the operator's.
+func defaultRule(family int, r vnl.Rule) bool {
+	plain := r.Src == nil && r.Dst == nil && r.Mark == 0 && r.IifName == "" && r.OifName == "" &&
+		r.Goto < 0 && (r.Type == 0 || r.Type == unix.RTN_UNICAST) && !r.Invert && r.SuppressPrefixlen < 0 && r.Tos == 0 &&
+		r.IPProto <= 0 && r.Dport == nil && r.Sport == nil && r.UIDRange == nil
+	if !plain {
+		return false
+	}
+	switch {
+	case r.Priority == 0 && r.Table == unix.RT_TABLE_LOCAL:
+		return true
+	case r.Priority == 32766 && r.Table == unix.RT_TABLE_MAIN:
+		return true
+	case r.Priority == 32767 && r.Table == unix.RT_TABLE_DEFAULT && family == vnl.FAMILY_V4:
+		return true
+	}
+	return false
+}
+
+func ruleString(r vnl.Rule) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d:", r.Priority)
+	if r.Src != nil {
+		fmt.Fprintf(&b, " from %s", r.Src)
+	}
+	if r.Dst != nil {
+		fmt.Fprintf(&b, " to %s", r.Dst)
+	}
+	if r.IifName != "" {
+		fmt.Fprintf(&b, " iif %s", r.IifName)
+	}
+	if r.OifName != "" {
+		fmt.Fprintf(&b, " oif %s", r.OifName)
+	}
+	if r.Mark != 0 {
+		fmt.Fprintf(&b, " fwmark %#x", r.Mark)
+	}
+	// The netlink library does not report the rule's action (rtm_type):
+	// a rule with neither table nor goto is blackhole, unreachable or
+	// prohibit.
+	switch {
+	case r.Goto >= 0:
+		fmt.Fprintf(&b, " goto %d", r.Goto)
+	case r.Table == 0:
+		b.WriteString(" blackhole/unreachable/prohibit")
+	default:
+		fmt.Fprintf(&b, " lookup %d", r.Table)
+	}
+	return b.String()
+}
+
+// nftHook is a base chain forwarded traffic crosses; family 4, 6 or 0
+// (both).
+type nftHook struct {
+	family int
+	why    string
+}
+
+// nftablesHooks lists the base chains that see forwarded traffic and can
+// change it: prerouting, forward and postrouting of the ip, ip6 and inet
+// families, and ingress/egress of netdev (and inet ingress). A chain with
+// no rule and an accept policy changes nothing and is left out.
+func nftablesHooks(byIndex map[int]vnl.Link) ([]nftHook, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	defer c.CloseLasting()
+	chains, err := c.ListChains()
+	if err != nil {
+		if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ENOENT) {
+			return nil, nil // no nf_tables in this kernel
+		}
+		return nil, fmt.Errorf("list nftables chains: %w", err)
+	}
+	var out []nftHook
+	for _, ch := range chains {
+		if ch.Hooknum == nil || ch.Table == nil {
+			continue
+		}
+		fam := 0
+		switch ch.Table.Family {
+		case nftables.TableFamilyIPv4:
+			fam = 4
+		case nftables.TableFamilyIPv6:
+			fam = 6
+		case nftables.TableFamilyINet, nftables.TableFamilyNetdev:
+		default:
+			continue // arp, bridge: not forwarded IP
+		}
+		hook := *ch.Hooknum
+		var hookName string
+		if ch.Table.Family == nftables.TableFamilyNetdev {
+			switch hook {
+			case unix.NF_NETDEV_INGRESS:
+				hookName = "ingress"
+			case unix.NF_NETDEV_EGRESS:
+				hookName = "egress"
+			default:
+				continue
+			}
+		} else {
+			switch hook {
+			case unix.NF_INET_PRE_ROUTING:
+				hookName = "prerouting"
+			case unix.NF_INET_FORWARD:
+				hookName = "forward"
+			case unix.NF_INET_POST_ROUTING:
+				hookName = "postrouting"
+			case nfInetIngress:
+				hookName = "ingress"
+			default:
+				continue // input, output: local traffic only
+			}
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of nftables chain %s %s: %w", ch.Table.Name, ch.Name, err)
+		}
+		drops := ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop
+		if len(rules) == 0 && !drops {
+			continue
+		}
+		famName := map[nftables.TableFamily]string{nftables.TableFamilyIPv4: "ip", nftables.TableFamilyIPv6: "ip6",
+			nftables.TableFamilyINet: "inet", nftables.TableFamilyNetdev: "netdev"}[ch.Table.Family]
+		why := fmt.Sprintf("nftables table %s %s chain %s (hook %s, %d rules", famName, ch.Table.Name, ch.Name, hookName, len(rules))
+		if drops {
+			why += ", policy drop"
+		}
+		why += ")"
+		out = append(out, nftHook{family: fam, why: why})
+	}
+	return out, nil
+}
+
+// tcOf lists what tc does on an interface: filters on its ingress (the
+// interface's frames to the kernel) and filters or shaping qdiscs on its
+// egress (every frame that could leave there to the kernel).
+func tcOf(l vnl.Link) (ingress, egress []string, err error) {
+	name := l.Attrs().Name
+	qdiscs, err := vnl.QdiscList(l)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list qdiscs of %s: %w", name, err)
+	}
+	for _, q := range qdiscs {
+		kind := q.Type()
+		switch kind {
+		case "mq", "fq_codel", "noqueue", "pfifo_fast", "pfifo", "fq", "clsact", "ingress":
+		default:
+			egress = append(egress, fmt.Sprintf("qdisc %s on %s (devmap redirect skips the qdisc)", kind, name))
+		}
+	}
+	for _, dir := range []struct {
+		parent uint32
+		out    *[]string
+		what   string
+	}{{vnl.HANDLE_MIN_INGRESS, &ingress, "ingress"}, {vnl.HANDLE_MIN_EGRESS, &egress, "egress"}, {vnl.HANDLE_INGRESS, &ingress, "ingress"}} {
+		fs, err := vnl.FilterList(l, dir.parent)
+		if err != nil {
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+				continue // no such qdisc
+			}
+			return nil, nil, fmt.Errorf("list tc %s filters of %s: %w", dir.what, name, err)
+		}
+		if len(fs) > 0 {
+			*dir.out = append(*dir.out, fmt.Sprintf("tc %s filters on %s (%d)", dir.what, name, len(fs)))
+		}
+	}
+	return dedupe(ingress), dedupe(egress), nil
+}
+
+// uppersOf names the devices stacked on an interface (macvlan, ipvlan,
+// vlan: their MACs are not the interface's) or its master (bridge, bond),
+// or says it is promiscuous: unicast to other MACs may be theirs.
+func uppersOf(ifindex int, l vnl.Link, byIndex map[int]vnl.Link) []string {
+	var out []string
+	if l.Attrs().MasterIndex != 0 {
+		out = append(out, "enslaved")
+	}
+	if l.Attrs().Promisc != 0 {
+		out = append(out, "promiscuous")
+	}
+	for _, o := range byIndex {
+		if o.Attrs().ParentIndex == ifindex && o.Attrs().Index != ifindex && o.Type() != "veth" {
+			out = append(out, o.Type()+" "+o.Attrs().Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// conf reads one sysctl directory of /proc/sys/net.
+type conf string
+
+func sysctl(dir string) conf { return conf("/proc/sys/net/" + dir + "/") }
+
+// int reads a number; -1 when the file is missing (an older kernel).
+func (c conf) int(key string) int {
+	b, err := os.ReadFile(string(c) + key)
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func dedupe(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// nfInetIngress is NF_INET_INGRESS (the inet family's ingress hook, Linux
+// 5.10), which golang.org/x/sys does not name.
+const nfInetIngress = 5

@@ -1,0 +1,175 @@
+package kernelpolicy
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/internal/labtest"
+)
+
+// recorder is a Dataplane that keeps the last policy of each interface.
+type recorder struct {
+	mu  sync.Mutex
+	pol map[int]xdp.Policy
+}
+
+func (r *recorder) SetPolicy(ifindex int, pol xdp.Policy) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pol[ifindex] = pol
+	return nil
+}
+
+func (r *recorder) get(ifindex int) xdp.PolicyFlag {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pol[ifindex].Flags
+}
+
+// TestWatcher: each kernel setting, switched on in the router namespace
+// while the watcher runs, reaches the dataplane as the flag it implies on
+// exactly the interfaces it concerns, and switched off, goes away again.
+func TestWatcher(t *testing.T) {
+	l := labtest.Up(t, 2)
+	eth1, eth2, eth3 := l.Ingress[0].B, l.Ingress[1].B, l.Egress.A
+	ifs := []int{eth1.Index, eth2.Index, eth3.Index}
+	rec := &recorder{pol: map[int]xdp.Policy{}}
+	w, err := NewWatcher(Config{Namespace: l.RouterNS, Interfaces: ifs, Dataplane: rec, Interval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for _, i := range ifs {
+		if p := rec.get(i); p&(xdp.Kernel4|xdp.Kernel6|xdp.NoForward4|xdp.NoForward6|xdp.RPFilter) != 0 || p&xdp.MACCheck == 0 {
+			t.Fatalf("lab router, ifindex %d: policy %#x, want the MAC check and nothing to the kernel", i, p)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	sh := func(cmd string) error {
+		out, err := exec.Command("ip", "netns", "exec", l.RouterNS, "sh", "-c", cmd).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %v\n%s", cmd, err, out)
+		}
+		return nil
+	}
+	all := []int{eth1.Index, eth2.Index, eth3.Index}
+	tests := []struct {
+		name    string
+		on, off string
+		flag    xdp.PolicyFlag
+		where   []int
+	}{
+		{"ipv4 forwarding off on eth1", "sysctl -qw net.ipv4.conf.eth1.forwarding=0", "sysctl -qw net.ipv4.conf.eth1.forwarding=1",
+			xdp.NoForward4, []int{eth1.Index}},
+		{"ip_forward=0", "sysctl -qw net.ipv4.ip_forward=0", "sysctl -qw net.ipv4.ip_forward=1", xdp.NoForward4, all},
+		{"ipv6 forwarding off", "sysctl -qw net.ipv6.conf.all.forwarding=0", "sysctl -qw net.ipv6.conf.all.forwarding=1", xdp.NoForward6, all},
+		{"disable_ipv6 on eth2: its IPv6 is not forwarded", "sysctl -qw net.ipv6.conf.eth2.disable_ipv6=1", "sysctl -qw net.ipv6.conf.eth2.disable_ipv6=0",
+			xdp.NoForward6, []int{eth2.Index}},
+		{"disable_ipv6 on eth2: nothing may leave there", "sysctl -qw net.ipv6.conf.eth2.disable_ipv6=1", "sysctl -qw net.ipv6.conf.eth2.disable_ipv6=0",
+			xdp.Kernel6, all},
+		{"rp_filter on eth1", "sysctl -qw net.ipv4.conf.eth1.rp_filter=1", "sysctl -qw net.ipv4.conf.eth1.rp_filter=0", xdp.RPFilter, []int{eth1.Index}},
+		{"rp_filter all=2 (loose)", "sysctl -qw net.ipv4.conf.all.rp_filter=2", "sysctl -qw net.ipv4.conf.all.rp_filter=0", xdp.RPFilter, all},
+		{"nft forward rule", "nft add table inet t && nft 'add chain inet t f { type filter hook forward priority 0; }' && nft add rule inet t f ip daddr 198.19.0.0/24 drop",
+			"nft delete table inet t", xdp.Kernel4 | xdp.Kernel6, all},
+		{"nft ip masquerade", "nft add table ip n && nft 'add chain ip n p { type nat hook postrouting priority 100; }' && nft add rule ip n p oifname eth3 masquerade",
+			"nft delete table ip n", xdp.Kernel4, all},
+		{"nft ip6 prerouting drop policy", "nft add table ip6 r && nft 'add chain ip6 r p { type filter hook prerouting priority 0; policy drop; }'",
+			"nft delete table ip6 r", xdp.Kernel6, all},
+		{"tc ingress filter on eth2", "tc qdisc add dev eth2 clsact && tc filter add dev eth2 ingress bpf bytecode '1,6 0 0 4294967295,'",
+			"tc qdisc del dev eth2 clsact", xdp.Kernel4 | xdp.Kernel6, []int{eth2.Index}},
+		{"tc egress filter on eth3", "tc qdisc add dev eth3 clsact && tc filter add dev eth3 egress bpf bytecode '1,6 0 0 4294967295,'",
+			"tc qdisc del dev eth3 clsact", xdp.Kernel4 | xdp.Kernel6, all},
+		{"shaping qdisc on eth3", "tc qdisc replace dev eth3 root tbf rate 10mbit burst 32kbit latency 400ms",
+			"tc qdisc del dev eth3 root", xdp.Kernel4 | xdp.Kernel6, all},
+		{"ip rule from 10/8", "ip rule add from 10.0.0.0/8 lookup 100", "ip rule del from 10.0.0.0/8 lookup 100", xdp.Kernel4, all},
+		{"ip rule prohibit", "ip rule add to 198.19.98.0/24 prohibit", "ip rule del to 198.19.98.0/24 prohibit", xdp.Kernel4, all},
+		{"ip -6 rule", "ip -6 rule add from 2001:2::/32 lookup 100", "ip -6 rule del from 2001:2::/32 lookup 100", xdp.Kernel6, all},
+		{"macvlan on eth1", "ip link add mv0 link eth1 type macvlan", "ip link del mv0", xdp.OtherHostKernel, []int{eth1.Index}},
+	}
+	// wait polls until every interface's flag is as wanted; it returns
+	// how long that took.
+	wait := func(flag xdp.PolicyFlag, where []int, on bool) (time.Duration, error) {
+		t0 := time.Now()
+		for {
+			ok := true
+			for _, i := range all {
+				want := on && slices.Contains(where, i)
+				if (rec.get(i)&flag == flag) != want {
+					ok = false
+				}
+			}
+			if ok {
+				return time.Since(t0), nil
+			}
+			if time.Since(t0) > 3*time.Second {
+				return 0, fmt.Errorf("policies %#x/%#x/%#x", rec.get(eth1.Index), rec.get(eth2.Index), rec.get(eth3.Index))
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := sh(tc.on); err != nil {
+				t.Fatal(err)
+			}
+			took, err := wait(tc.flag, tc.where, true)
+			if err := sh(tc.off); err != nil {
+				t.Fatal(err)
+			}
+			if err != nil {
+				t.Fatalf("switched on: flag %#x not where wanted: %v", tc.flag, err)
+			}
+			if _, err := wait(tc.flag, tc.where, false); err != nil {
+				t.Fatalf("switched off: flag %#x still set: %v", tc.flag, err)
+			}
+			t.Logf("applied %v after the command returned", took)
+		})
+	}
+	// The reasons are named for status.
+	if err := sh("ip rule add from 10.0.0.0/8 lookup 100"); err != nil {
+		t.Fatal(err)
+	}
+	defer sh("ip rule del from 10.0.0.0/8 lookup 100")
+	if _, err := wait(xdp.Kernel4, all, true); err != nil {
+		t.Fatal(err)
+	}
+	if s := w.Snapshot(); len(s.Kernel4) != 1 || !strings.Contains(s.Kernel4[0], "from 10.0.0.0/8 lookup 100") {
+		t.Errorf("IPv4 to the kernel because %q, want the rule named", s.Kernel4)
+	}
+}
+
+// TestBypass: with BypassFirewall, a firewall rule is reported as bypassed
+// and the fast path stays.
+func TestBypass(t *testing.T) {
+	l := labtest.Up(t, 1)
+	out, err := exec.Command("ip", "netns", "exec", l.RouterNS, "sh", "-c",
+		"nft add table inet t && nft 'add chain inet t f { type filter hook forward priority 0; }' && nft add rule inet t f counter").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, bypass := range []bool{false, true} {
+		s, err := Read(l.RouterNS, []int{l.Ingress[0].B.Index}, bypass)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := s.Policies[l.Ingress[0].B.Index].Flags
+		if got := f&(xdp.Kernel4|xdp.Kernel6) != 0; got == bypass || (len(s.Bypassed) > 0) != bypass {
+			t.Errorf("bypass %v: flags %#x, bypassed %q", bypass, f, s.Bypassed)
+		}
+	}
+}

@@ -1,0 +1,193 @@
+package kernelpolicy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
+)
+
+// Dataplane is where a Watcher writes the policies (xdp.Program).
+type Dataplane interface {
+	SetPolicy(ifindex int, pol xdp.Policy) error
+}
+
+// Config is what a Watcher follows.
+type Config struct {
+	// Namespace of the interfaces ("" = ours).
+	Namespace string
+	// Interfaces are the served ifindexes.
+	Interfaces []int
+	// Dataplane receives each interface's policy.
+	Dataplane Dataplane
+	// BypassFirewall keeps the fast path despite nftables, iptables, tc
+	// and policy rules: the operator says they do not matter to forwarded
+	// traffic. Dangerous: forwarded frames then skip them.
+	BypassFirewall bool
+	// Interval re-reads the settings the kernel sends no notification for
+	// (send_redirects, disable_ipv6, iptables tables); default 1 s.
+	Interval time.Duration
+	// Logger logs what changed (default: discard).
+	Logger *slog.Logger
+}
+
+// Watcher keeps the dataplane's policies equal to the kernel's settings:
+// it re-reads them on every notification of links, rules, tc, netconf
+// (forwarding, rp_filter) and nftables, and every Interval.
+type Watcher struct {
+	cfg  Config
+	fds  []int
+	mu   sync.Mutex // guards last
+	last Snapshot
+}
+
+// rtnlGroups are the rtnetlink groups whose messages can change a
+// policy: links, tc, IPv4/IPv6 rules and netconf.
+var rtnlGroups = []uint32{unix.RTNLGRP_LINK, unix.RTNLGRP_TC, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE,
+	unix.RTNLGRP_IPV4_NETCONF, unix.RTNLGRP_IPV6_NETCONF}
+
+// nfnlgrpNftables is NFNLGRP_NFTABLES: every nftables change.
+const nfnlgrpNftables = 7
+
+// NewWatcher subscribes to the notifications, reads the settings once and
+// applies them, so the dataplane is faithful when it returns.
+func NewWatcher(cfg Config) (*Watcher, error) {
+	if cfg.Interval == 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	w := &Watcher{cfg: cfg}
+	err := netnsrun.Do(cfg.Namespace, func() error {
+		fd, err := subscribe(unix.NETLINK_ROUTE, rtnlGroups)
+		if err != nil {
+			return fmt.Errorf("subscribe to rtnetlink: %w", err)
+		}
+		w.fds = append(w.fds, fd)
+		if fd, err = subscribe(unix.NETLINK_NETFILTER, []uint32{nfnlgrpNftables}); err == nil {
+			w.fds = append(w.fds, fd)
+		} else {
+			cfg.Logger.Warn("no nftables notifications: changes seen every interval only", "err", err)
+		}
+		return nil
+	})
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	if err := w.Update(); err != nil {
+		w.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func subscribe(proto int, groups []uint32) (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, proto)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	for _, g := range groups {
+		if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, int(g)); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("join group %d: %w", g, err)
+		}
+	}
+	return fd, nil
+}
+
+// Update reads the settings now and applies what changed.
+func (w *Watcher) Update() error {
+	s, err := Read(w.cfg.Namespace, w.cfg.Interfaces, w.cfg.BypassFirewall)
+	if err != nil {
+		return err
+	}
+	for ifindex, pol := range s.Policies {
+		if old, ok := w.last.Policies[ifindex]; ok && reflect.DeepEqual(old, pol) {
+			continue
+		}
+		if err := w.cfg.Dataplane.SetPolicy(ifindex, pol); err != nil {
+			return err
+		}
+	}
+	if !reflect.DeepEqual(s.Interfaces, w.last.Interfaces) || !reflect.DeepEqual(s.Kernel4, w.last.Kernel4) ||
+		!reflect.DeepEqual(s.Kernel6, w.last.Kernel6) || !reflect.DeepEqual(s.Bypassed, w.last.Bypassed) {
+		w.cfg.Logger.Info("kernel policy", "kernel_ipv4", s.Kernel4, "kernel_ipv6", s.Kernel6, "bypassed", s.Bypassed)
+		for _, ifc := range s.Interfaces {
+			if len(ifc.Kernel) > 0 {
+				w.cfg.Logger.Info("to the kernel", "iface", ifc.Name, "why", ifc.Kernel)
+			}
+		}
+	}
+	w.mu.Lock()
+	w.last = s
+	w.mu.Unlock()
+	return nil
+}
+
+// Snapshot returns the last snapshot applied.
+func (w *Watcher) Snapshot() Snapshot {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last
+}
+
+// Run follows the notifications until ctx ends; a burst of them is read
+// once. Run and Update must not run concurrently.
+func (w *Watcher) Run(ctx context.Context) error {
+	pfds := make([]unix.PollFd, len(w.fds))
+	buf := make([]byte, 1<<16)
+	next := time.Now().Add(w.cfg.Interval)
+	for ctx.Err() == nil {
+		for i, fd := range w.fds {
+			pfds[i] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+		}
+		wait := min(time.Until(next), 100*time.Millisecond)
+		n, err := unix.Poll(pfds, int(max(wait, 0)/time.Millisecond))
+		if err != nil && err != unix.EINTR {
+			return fmt.Errorf("poll netlink: %w", err)
+		}
+		changed := false
+		if n > 0 {
+			for _, fd := range w.fds {
+				for {
+					// Drain: one read covers the burst. ENOBUFS (overflow)
+					// is a change too.
+					if _, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT); err == unix.EAGAIN {
+						break
+					}
+					changed = true
+				}
+			}
+		}
+		if !changed && time.Now().Before(next) {
+			continue
+		}
+		next = time.Now().Add(w.cfg.Interval)
+		if err := w.Update(); err != nil {
+			w.cfg.Logger.Error("read kernel policy", "err", err)
+		}
+	}
+	return nil
+}
+
+// Close closes the subscriptions.
+func (w *Watcher) Close() error {
+	for _, fd := range w.fds {
+		unix.Close(fd)
+	}
+	w.fds = nil
+	return nil
+}
