@@ -49,9 +49,11 @@ type Watcher struct {
 }
 
 // rtnlGroups are the rtnetlink groups whose messages can change a
-// policy: links, tc, IPv4/IPv6 rules and netconf.
+// policy: links, tc, IPv4/IPv6 rules and netconf, and IPv6 interface
+// info and addresses (disable_ipv6 has no netconf message, but its
+// effects do: the IPv6 addresses go, the interface's IPv6 state changes).
 var rtnlGroups = []uint32{unix.RTNLGRP_LINK, unix.RTNLGRP_TC, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE,
-	unix.RTNLGRP_IPV4_NETCONF, unix.RTNLGRP_IPV6_NETCONF}
+	unix.RTNLGRP_IPV4_NETCONF, unix.RTNLGRP_IPV6_NETCONF, unix.RTNLGRP_IPV6_IFINFO, unix.RTNLGRP_IPV6_IFADDR}
 
 // nfnlgrpNftables is NFNLGRP_NFTABLES: every nftables change.
 const nfnlgrpNftables = 7

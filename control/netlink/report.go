@@ -86,7 +86,7 @@ func (m *Mirror) nexthopInfo(id uint32) NexthopInfo {
 	switch {
 	case !l.up:
 		info.State = "failed (link down)"
-	case known && usable(n.state) && len(n.mac) == 6:
+	case known && n.resolved():
 		info.State, info.MAC = "resolved", n.mac.String()
 	case known && n.state&vnl.NUD_FAILED != 0:
 		info.State = "failed"
@@ -194,7 +194,7 @@ func (m *Mirror) kernelAnswer(a netip.Addr) (fib.RouteType, string, error) {
 		gw = a
 	}
 	mac := "unresolved"
-	if n, ok := m.neighs[nhKey{k.LinkIndex, gw}]; ok && usable(n.state) {
+	if n, ok := m.neighs[nhKey{k.LinkIndex, gw}]; ok && n.resolved() {
 		mac = n.mac.String()
 	}
 	out := fmt.Sprintf("%s/%s", m.links[k.LinkIndex].name, mac)

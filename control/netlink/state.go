@@ -1,6 +1,7 @@
 package netlink
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
@@ -136,6 +137,17 @@ func usable(state int) bool {
 	return state&(vnl.NUD_REACHABLE|vnl.NUD_STALE|vnl.NUD_DELAY|vnl.NUD_PROBE|vnl.NUD_PERMANENT|vnl.NUD_NOARP) != 0
 }
 
+// resolved reports whether a neighbour is a unicast next hop: usable and
+// with a unicast MAC. The kernel keeps NOARP entries with the broadcast
+// (or a multicast) MAC for a subnet's broadcast address once it has sent
+// there; forwarding to them is directed broadcast, which Linux does only
+// with bc_forwarding (it is the kernel's, never a host route of ours).
+func (n neigh) resolved() bool {
+	return usable(n.state) && len(n.mac) == 6 && n.mac[0]&1 == 0 && !bytes.Equal(n.mac, zeroMAC)
+}
+
+var zeroMAC = make(net.HardwareAddr, 6)
+
 func addrOf(ip net.IP) netip.Addr {
 	a, _ := netip.AddrFromSlice(ip)
 	return a.Unmap()
@@ -265,7 +277,7 @@ func (m *Mirror) writeNH(k nhKey, nh *nexthop) {
 	switch {
 	case !l.up:
 		e.State = fib.Failed
-	case known && usable(n.state) && len(n.mac) == 6:
+	case known && n.resolved():
 		e.State, e.DstMAC = fib.Resolved, n.mac
 	case known && n.state&vnl.NUD_FAILED != 0:
 		e.State = fib.Failed
@@ -452,7 +464,7 @@ func (m *Mirror) eachDirty(fn func(netip.Prefix)) {
 func (m *Mirror) updateHostRoute(k nhKey) {
 	p := netip.PrefixFrom(k.addr, k.addr.BitLen())
 	n, ok := m.neighs[k]
-	want := ok && usable(n.state) && m.links[k.ifindex].serve && !k.addr.IsLinkLocalUnicast() && m.connectedVia(k)
+	want := ok && n.resolved() && m.links[k.ifindex].serve && !k.addr.IsLinkLocalUnicast() && m.connectedVia(k)
 	_, have := m.hostRoutes[p]
 	if want != have || want && m.hostRoutes[p] != k {
 		if want {

@@ -1,0 +1,358 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	vnl "github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/internal/labtest"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
+	"github.com/xdprouter/xdprouter/lab"
+)
+
+// TestDifferential: the kernel is the oracle. The same frames go through
+// the router namespace with engine pass (plain Linux forwarding), engine
+// xdp and engine afxdp, with each kernel setting switched on in turn; what
+// arrives at the sink and what comes back to the sender (ICMP errors) is
+// compared byte for byte, masking only what Linux itself varies (the IPv4
+// ID and header checksum of packets the router originates). Zero
+// differences.
+func TestDifferential(t *testing.T) {
+	l := labtest.Up(t, 2)
+	in, out := l.Ingress[0], l.Egress
+	// ICMP errors are rate limited per destination: off, so that the
+	// three engines see the same answers to the same frames.
+	shIn(t, l.RouterNS, "sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv6.icmp.ratelimit=0")
+	cases := differentialCases(t, l)
+	results := map[string][]string{} // case -> outcome, for engine pass
+	for _, engine := range []string{"pass", "xdp", "afxdp"} {
+		t.Run(engine, func(t *testing.T) {
+			cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(t.TempDir(), "x.sock"),
+				CPUs:       []int{0, 1 % runtime.NumCPU()},
+				Interfaces: []Interface{{Name: in.B.Name, Engine: engine}, {Name: l.Ingress[1].B.Name, Engine: engine}, {Name: out.A.Name, Engine: engine}},
+				FIB:        FIBConfig{Groups4: 64, Groups6: 64, Nexthops: 64}}
+			d, err := Start(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Stop()
+			c0, _ := d.prog.SumCounters(in.B.Index)
+			for _, tc := range cases {
+				got := tc.run(t, l)
+				if engine == "pass" {
+					results[tc.name] = got
+					if tc.wantSink >= 0 && countPrefix(got, "sink ") != tc.wantSink {
+						t.Errorf("%s: Linux delivered %d frames to the sink, the case expects %d:\n%s", tc.name, countPrefix(got, "sink "), tc.wantSink, strings.Join(got, "\n"))
+					}
+					continue
+				}
+				if want := results[tc.name]; !slices.Equal(got, want) {
+					t.Errorf("%s: engine %s differs from Linux\n got:\n%s\nwant:\n%s", tc.name, engine, strings.Join(got, "\n"), strings.Join(want, "\n"))
+				}
+			}
+			c1, _ := d.prog.SumCounters(in.B.Index)
+			fast := c1[xdp.Forwarded] - c0[xdp.Forwarded] + c1[xdp.ToAFXDP] - c0[xdp.ToAFXDP]
+			t.Logf("engine %s: %d frames by the fast path, passed %v", engine, fast, diffCounters(c0, c1))
+			if engine != "pass" && fast == 0 {
+				t.Error("the fast path forwarded nothing: the comparison would prove nothing")
+			}
+		})
+	}
+}
+
+// dcase is one setting and the frames sent with it on.
+type dcase struct {
+	name     string
+	on, off  string // shell in the router namespace
+	setup    func(t *testing.T) func()
+	frames   [][]byte
+	wantSink int // frames Linux delivers to the sink (-1: not checked)
+}
+
+func (c dcase) run(t *testing.T, l *lab.Lab) []string {
+	t.Helper()
+	if c.on != "" {
+		shIn(t, l.RouterNS, c.on)
+		defer shIn(t, l.RouterNS, c.off)
+	}
+	if c.setup != nil {
+		defer c.setup(t)()
+	}
+	time.Sleep(50 * time.Millisecond) // notifications seen (the policy follows in ms)
+	sink := capture(t, l.SinkNS, l.Egress.B.Index)
+	back := capture(t, l.GenNS, l.Ingress[0].A.Index)
+	send := packetSocket(t, l.GenNS, l.Ingress[0].A.Index)
+	defer unix.Close(sink)
+	defer unix.Close(back)
+	defer unix.Close(send)
+	for _, f := range c.frames {
+		if err := unix.Sendto(send, f, 0, &unix.SockaddrLinklayer{Ifindex: l.Ingress[0].A.Index, Halen: 6}); err != nil {
+			t.Fatalf("%s: send: %v", c.name, err)
+		}
+	}
+	time.Sleep(250 * time.Millisecond)
+	routerMACs := map[string]bool{l.Ingress[0].B.MAC.String(): true, l.Egress.A.MAC.String(): true}
+	var got []string
+	for _, r := range []struct {
+		fd   int
+		name string
+	}{{sink, "sink"}, {back, "back"}} {
+		for _, f := range drain(r.fd) {
+			if keep, masked := relevant(f, routerMACs); keep {
+				got = append(got, r.name+" "+hex.EncodeToString(masked))
+			}
+		}
+	}
+	slices.Sort(got)
+	return got
+}
+
+// differentialCases are the settings of the faithful-fast-path issue
+// (rows in its table), each with frames that show the difference.
+func differentialCases(t *testing.T, l *lab.Lab) []dcase {
+	gen1, eth1, eth3 := l.Ingress[0].A, l.Ingress[0].B, l.Egress.A
+	f := framer{src: gen1.MAC, dst: eth1.MAC}
+	g4, g6 := gen1.V4.Addr().String(), gen1.V6.Addr().String()
+	d4 := l.RouteV4.Addr().Next().String() // 198.19.0.1
+	d6 := l.RouteV6.Addr().Next().String()
+	other := net.HardwareAddr{0x02, 0xbb, 0, 0, 0, 9}
+	return []dcase{
+		{name: "forward", wantSink: 4, frames: [][]byte{f.v4("10.1.1.1", d4, 64, 0), f.v4("10.1.1.1", d4, 1500, 0),
+			f.v6("2001:2:0:8000::1", d6, 64, 0), f.v6("2001:2:0:8000::1", d6, 1500, 0)}},
+		{name: "1 padded and trailing bytes (row 12)", wantSink: 2, frames: [][]byte{f.v4("10.1.1.2", d4, 46, 14), f.v6("2001:2:0:8000::2", d6, 62, 100)}},
+		{name: "2 another host's MAC (row 1)", wantSink: 0, frames: [][]byte{f.to(other).v4("10.1.1.3", d4, 64, 0), f.to(other).v6("2001:2:0:8000::3", d6, 64, 0)}},
+		{name: "3 ttl 1: time exceeded", wantSink: 0, frames: [][]byte{f.ttl(1).v4(g4, d4, 64, 0), f.ttl(1).v6(g6, d6, 64, 0)}},
+		{name: "4 no route: unreachable", wantSink: 0, frames: [][]byte{f.v4(g4, "203.0.113.5", 64, 0), f.v6(g6, "2001:db8::5", 64, 0)}},
+		{name: "5 own address as source (row 9)", wantSink: 0, frames: [][]byte{f.v4(eth3.V4.Addr().String(), d4, 64, 0)}},
+		{name: "6 ip_forward=0 (row 2)", on: "sysctl -qw net.ipv4.ip_forward=0", off: "sysctl -qw net.ipv4.ip_forward=1", wantSink: 1,
+			frames: [][]byte{f.v4(g4, d4, 64, 0), f.v6(g6, d6, 64, 0)}},
+		{name: "7 eth1 forwarding=0 (row 2)", on: "sysctl -qw net.ipv4.conf.eth1.forwarding=0", off: "sysctl -qw net.ipv4.conf.eth1.forwarding=1", wantSink: 0,
+			frames: [][]byte{f.v4(g4, d4, 64, 0)}},
+		{name: "8 ipv6 forwarding=0 (row 2)", on: "sysctl -qw net.ipv6.conf.all.forwarding=0", off: "sysctl -qw net.ipv6.conf.all.forwarding=1", wantSink: 1,
+			frames: [][]byte{f.v4(g4, d4, 64, 0), f.v6(g6, d6, 64, 0)}},
+		{name: "9 eth1 disable_ipv6 (row 2)", on: "sysctl -qw net.ipv6.conf.eth1.disable_ipv6=1", off: "sysctl -qw net.ipv6.conf.eth1.disable_ipv6=0 && ip -6 addr replace " + eth1.V6.String() + " dev eth1 nodad", wantSink: 1,
+			frames: [][]byte{f.v4(g4, d4, 64, 0), f.v6("2001:2:0:8000::9", d6, 64, 0)}},
+		{name: "10 rp_filter=1, spoofed source (row 3)", on: "sysctl -qw net.ipv4.conf.eth1.rp_filter=1", off: "sysctl -qw net.ipv4.conf.eth1.rp_filter=0", wantSink: 1,
+			frames: [][]byte{f.v4("198.19.77.1", d4, 64, 0), f.v4(g4, d4, 64, 0)}},
+		{name: "11 nftables forward drop (row 4)", wantSink: 2,
+			on:     "nft add table inet t && nft 'add chain inet t f { type filter hook forward priority 0; }' && nft add rule inet t f ip daddr 198.19.0.0/24 drop && nft add rule inet t f ip6 daddr 2001:2:0:ff00::/64 drop",
+			off:    "nft delete table inet t",
+			frames: [][]byte{f.v4("10.1.1.11", d4, 64, 0), f.v4("10.1.1.11", "198.19.1.1", 64, 0), f.v6("2001:2:0:8000::11", d6, 64, 0), f.v6("2001:2:0:8000::11", "2001:2:0:ff01::1", 64, 0)}},
+		{name: "12 nftables masquerade out of eth3 (row 5)", wantSink: 1,
+			on:     "nft add table ip n && nft 'add chain ip n p { type nat hook postrouting priority 100; }' && nft add rule ip n p oifname eth3 masquerade",
+			off:    "nft delete table ip n && conntrack -F 2>/dev/null; true",
+			frames: [][]byte{f.v4(g4, d4, 64, 0)}},
+		{name: "13 tc ingress drop on eth1 (row 5b)", wantSink: 0, setup: tcDrop(t, l.RouterNS, eth1.Index),
+			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
+		{name: "14 ip rule from 10/8 lookup 100 (row 6)", wantSink: 2,
+			on: "ip neigh replace 198.18.3.253 lladdr 02:cc:00:00:00:01 dev eth3 nud permanent && ip route add 198.19.0.0/16 via 198.18.3.253 table 100 && ip rule add from 10.0.0.0/8 lookup 100",
+			off: "ip rule del from 10.0.0.0/8 lookup 100; ip route flush table 100; ip neigh del 198.18.3.253 dev eth3",
+			frames: [][]byte{f.v4("10.1.1.14", d4, 64, 0), f.v4(g4, d4, 64, 0)}},
+		{name: "15 ip rule prohibit (row 7)", wantSink: 1, on: "ip rule add to 198.19.98.0/24 prohibit", off: "ip rule del to 198.19.98.0/24 prohibit",
+			frames: [][]byte{f.v4(g4, "198.19.98.1", 64, 0), f.v4(g4, d4, 64, 0)}},
+		{name: "16 directed broadcast (row 10)", wantSink: 0,
+			on:     "ping -b -c 1 -W 1 198.18.3.255 >/dev/null 2>&1; sleep 0.1; true",
+			off:    "ip neigh del 198.18.3.255 dev eth3 2>/dev/null; true",
+			frames: [][]byte{f.v4(g4, "198.18.3.255", 64, 0)}},
+	}
+}
+
+// framer builds test frames from the generator's side.
+type framer struct {
+	src, dst net.HardwareAddr
+	hops     uint8
+}
+
+func (f framer) to(mac net.HardwareAddr) framer { f.dst = mac; return f }
+func (f framer) ttl(n uint8) framer           { f.hops = n; return f }
+
+// v4 builds a UDP packet of size bytes (IP length) followed by extra
+// bytes of Ethernet padding or trailer.
+func (f framer) v4(src, dst string, size, extra int) []byte {
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: max(f.hops, 64*b2u(f.hops == 0)), Protocol: layers.IPProtocolUDP,
+		SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4(), Id: 7}
+	return f.build(layers.EthernetTypeIPv4, ip, size-28, extra)
+}
+
+func (f framer) v6(src, dst string, size, extra int) []byte {
+	ip := &layers.IPv6{Version: 6, HopLimit: max(f.hops, 64*b2u(f.hops == 0)), NextHeader: layers.IPProtocolUDP,
+		SrcIP: net.ParseIP(src), DstIP: net.ParseIP(dst)}
+	return f.build(layers.EthernetTypeIPv6, ip, size-48, extra)
+}
+
+func (f framer) build(et layers.EthernetType, ip gopacket.NetworkLayer, payload, extra int) []byte {
+	udp := &layers.UDP{SrcPort: 4000, DstPort: 9}
+	_ = udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	pay := bytes.Repeat([]byte{0x5a}, payload)
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: f.src, DstMAC: f.dst, EthernetType: et}, ip.(gopacket.SerializableLayer), udp, gopacket.Payload(pay)); err != nil {
+		panic(err)
+	}
+	return append(append([]byte(nil), buf.Bytes()...), bytes.Repeat([]byte{0xee}, extra)...)
+}
+
+func b2u(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// relevant keeps IP frames and drops the links' own chatter (ARP, IPv6
+// neighbour discovery and MLD, router solicitations); in packets the
+// router originates it zeroes the IPv4 ID and header checksum, which
+// Linux varies.
+func relevant(f []byte, routerMACs map[string]bool) (bool, []byte) {
+	if len(f) < 14 || f[0]&1 != 0 {
+		return false, nil // link-local multicast and broadcast chatter (MLD, ND, RS, ARP)
+	}
+	f = slices.Clone(f)
+	switch et := uint16(f[12])<<8 | uint16(f[13]); et {
+	case 0x0800:
+		if len(f) >= 34 && routerMACs[net.HardwareAddr(f[6:12]).String()] && f[23] == 1 { // ICMP from the router
+			f[18], f[19], f[24], f[25] = 0, 0, 0, 0
+		}
+		return true, f
+	case 0x86dd:
+		if len(f) >= 62 && f[20] == 58 {
+			switch f[54] {
+			case 130, 131, 132, 133, 134, 135, 136, 143:
+				return false, nil
+			}
+		}
+		return true, f
+	}
+	return false, nil
+}
+
+// capture opens an AF_PACKET socket on ifindex in ns that sees every
+// frame received there.
+func capture(t *testing.T, ns string, ifindex int) int {
+	t.Helper()
+	return packetSocketFor(t, ns, ifindex, true)
+}
+
+func packetSocket(t *testing.T, ns string, ifindex int) int {
+	t.Helper()
+	return packetSocketFor(t, ns, ifindex, false)
+}
+
+func packetSocketFor(t *testing.T, ns string, ifindex int, rx bool) int {
+	t.Helper()
+	fd := -1
+	err := netnsrun.Do(ns, func() error {
+		proto := 0 // send only
+		if rx {
+			proto = int(htons(unix.ETH_P_ALL))
+		}
+		s, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, proto)
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(s, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifindex}); err != nil {
+			unix.Close(s)
+			return err
+		}
+		fd = s
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("packet socket in %s: %v", ns, err)
+	}
+	return fd
+}
+
+// drain reads every frame the socket holds that was received (not sent)
+// on its interface.
+func drain(fd int) [][]byte {
+	var out [][]byte
+	buf := make([]byte, 4096)
+	for {
+		n, from, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+		if err != nil {
+			return out
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+			continue
+		}
+		out = append(out, slices.Clone(buf[:n]))
+	}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// tcDrop returns a setup that puts a tc ingress filter on ifindex that
+// drops every frame (a direct-action cls_bpf program returning
+// TC_ACT_SHOT: gact is not in this kernel), and its undo.
+func tcDrop(t *testing.T, ns string, ifindex int) func(t *testing.T) func() {
+	return func(t *testing.T) func() {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = netnsrun.Do(ns, func() error {
+			q := &vnl.GenericQdisc{QdiscAttrs: vnl.QdiscAttrs{LinkIndex: ifindex, Handle: vnl.MakeHandle(0xffff, 0), Parent: vnl.HANDLE_CLSACT}, QdiscType: "clsact"}
+			if err := vnl.QdiscAdd(q); err != nil {
+				return fmt.Errorf("tc qdisc add clsact: %w", err)
+			}
+			return vnl.FilterAdd(&vnl.BpfFilter{FilterAttrs: vnl.FilterAttrs{LinkIndex: ifindex, Parent: vnl.HANDLE_MIN_INGRESS,
+				Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1}, Fd: prog.FD(), Name: "drop", DirectAction: true})
+		})
+		prog.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			_ = netnsrun.Do(ns, func() error {
+				return vnl.QdiscDel(&vnl.GenericQdisc{QdiscAttrs: vnl.QdiscAttrs{LinkIndex: ifindex, Handle: vnl.MakeHandle(0xffff, 0), Parent: vnl.HANDLE_CLSACT}, QdiscType: "clsact"})
+			})
+		}
+	}
+}
+
+func shIn(t *testing.T, ns, cmd string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", ns, "sh", "-c", cmd).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", cmd, err, out)
+	}
+}
+
+func countPrefix(s []string, p string) int {
+	n := 0
+	for _, x := range s {
+		if strings.HasPrefix(x, p) {
+			n++
+		}
+	}
+	return n
+}
+
+func diffCounters(a, b xdp.Counters) map[string]uint64 {
+	d := map[string]uint64{}
+	for i := range a {
+		if b[i] != a[i] && xdp.Counter(i) != xdp.RxBytes && xdp.Counter(i) != xdp.ForwardedBytes {
+			d[xdp.CounterNames[i]] = b[i] - a[i]
+		}
+	}
+	return d
+}
+
