@@ -162,8 +162,8 @@ func differentialCases(t *testing.T, l *lab.Lab) []dcase {
 		{name: "13 tc ingress drop on eth1 (row 5b)", wantSink: 0, setup: tcDrop(t, l.RouterNS, eth1.Index),
 			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
 		{name: "14 ip rule from 10/8 lookup 100 (row 6)", wantSink: 2,
-			on: "ip neigh replace 198.18.3.253 lladdr 02:cc:00:00:00:01 dev eth3 nud permanent && ip route add 198.19.0.0/16 via 198.18.3.253 table 100 && ip rule add from 10.0.0.0/8 lookup 100",
-			off: "ip rule del from 10.0.0.0/8 lookup 100; ip route flush table 100; ip neigh del 198.18.3.253 dev eth3",
+			on:     "ip neigh replace 198.18.3.253 lladdr 02:cc:00:00:00:01 dev eth3 nud permanent && ip route add 198.19.0.0/16 via 198.18.3.253 table 100 && ip rule add from 10.0.0.0/8 lookup 100",
+			off:    "ip rule del from 10.0.0.0/8 lookup 100; ip route flush table 100; ip neigh del 198.18.3.253 dev eth3",
 			frames: [][]byte{f.v4("10.1.1.14", d4, 64, 0), f.v4(g4, d4, 64, 0)}},
 		{name: "15 ip rule prohibit (row 7)", wantSink: 1, on: "ip rule add to 198.19.98.0/24 prohibit", off: "ip rule del to 198.19.98.0/24 prohibit",
 			frames: [][]byte{f.v4(g4, "198.19.98.1", 64, 0), f.v4(g4, d4, 64, 0)}},
@@ -181,7 +181,7 @@ type framer struct {
 }
 
 func (f framer) to(mac net.HardwareAddr) framer { f.dst = mac; return f }
-func (f framer) ttl(n uint8) framer           { f.hops = n; return f }
+func (f framer) ttl(n uint8) framer             { f.hops = n; return f }
 
 // v4 builds a UDP packet of size bytes (IP length) followed by extra
 // bytes of Ethernet padding or trailer.
@@ -355,4 +355,3 @@ func diffCounters(a, b xdp.Counters) map[string]uint64 {
 	}
 	return d
 }
-

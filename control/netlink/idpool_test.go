@@ -32,3 +32,30 @@ func TestIDPool(t *testing.T) {
 		t.Errorf("after unreserve got %d, want the freed 2", id)
 	}
 }
+
+// TestIDPoolGrace: a released ID is never handed out again before a grace
+// period has passed (a reader that looked a route up just before the
+// release may still read that nexthop by its ID); fresh IDs go first, and
+// one grace period recycles every ID released since the last.
+func TestIDPoolGrace(t *testing.T) {
+	graces := 0
+	released := map[uint32]bool{} // released since the last grace period
+	p := idPool{max: 4, grace: func() error { graces++; clear(released); return nil }}
+	ids := []uint32{p.get(), p.get(), p.get()}
+	for _, id := range ids[:2] {
+		p.put(id)
+		released[id] = true
+	}
+	for range 3 {
+		id := p.get()
+		if released[id] {
+			t.Fatalf("ID %d handed out again before a grace period (graces %d)", id, graces)
+		}
+		if id == 4 && graces != 0 {
+			t.Errorf("a grace period was waited for although ID 4 was fresh")
+		}
+	}
+	if graces != 1 {
+		t.Errorf("%d grace periods for one batch of releases, want 1", graces)
+	}
+}

@@ -128,6 +128,11 @@ func New(table *fib.Table, cfg Config) (*Mirror, error) {
 		// setns(2) (CAP_SYS_ADMIN) an explicit handle would cost.
 		m.ns = netns.None()
 	}
+	// Released IDs are reused only after a grace period, and only once
+	// the table's IDs are all handed out.
+	nhCap, ecmpCap := table.IDCapacity()
+	m.nhIDs.max, m.ecmpIDs.max = uint32(nhCap-1), uint32(ecmpCap-1)
+	m.nhIDs.grace, m.ecmpIDs.grace = table.Grace, table.Grace
 	if table.Reopened() {
 		// The earlier process's nexthops and ECMP groups stay as they are
 		// while its routes still point at them: the first sync writes
@@ -135,8 +140,6 @@ func New(table *fib.Table, cfg Config) (*Mirror, error) {
 		// deleted (prune). Reusing one earlier would send a recovered
 		// route's packets to another gateway until its own update.
 		nh, ecmp := table.LiveIDs()
-		nhCap, ecmpCap := table.IDCapacity()
-		m.nhIDs.max, m.ecmpIDs.max = uint32(nhCap-1), uint32(ecmpCap-1)
 		// Reserving needs room for the new IDs beside the old ones; a
 		// table more than half full reuses IDs in place instead (a
 		// recovered route may then briefly use another's nexthop).

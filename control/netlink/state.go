@@ -491,11 +491,22 @@ func (m *Mirror) connectedVia(k nhKey) bool {
 // idPool hands out IDs from 1 (0 stays unused), never one it holds
 // reserved while there is room below max (0: no limit); without room it
 // takes a reserved one back (reuse in place) and marks it taken.
+//
+// A released ID is pending until a grace period has passed: an XDP
+// program or worker that looked a route up just before the release may
+// still read the nexthop or group by that ID, and must not find another
+// route's there. Fresh IDs are handed out first; only when there is no
+// room left does the pool wait for one grace period (amortised over every
+// ID released since the last) and reuse the pending IDs.
 type idPool struct {
 	next, max uint32
-	free      []uint32
+	free      []uint32 // released and past a grace period
+	pending   []uint32 // released, readers may still use them
 	reserved  map[uint32]bool
 	taken     map[uint32]bool // reserved IDs handed out for lack of room
+	// grace waits until no reader can still hold an ID released before
+	// the call (fib.Table.Grace).
+	grace func() error
 }
 
 func (p *idPool) get() uint32 {
@@ -507,6 +518,12 @@ func (p *idPool) get() uint32 {
 	next := p.next + 1
 	for p.reserved[next] {
 		next++
+	}
+	if p.max > 0 && next > p.max && len(p.pending) > 0 && p.grace != nil {
+		if err := p.grace(); err == nil {
+			p.free, p.pending = append(p.free, p.pending...), p.pending[:0]
+			return p.get()
+		}
 	}
 	if p.max > 0 && next > p.max {
 		for id := range p.reserved {
@@ -522,7 +539,8 @@ func (p *idPool) get() uint32 {
 	return next
 }
 
-func (p *idPool) put(id uint32) { p.free = append(p.free, id) }
+// put releases an ID: it is reused only after a grace period.
+func (p *idPool) put(id uint32) { p.pending = append(p.pending, id) }
 
 // reserve keeps ids from being handed out until unreserve.
 func (p *idPool) reserve(ids []uint32) {

@@ -302,6 +302,12 @@ func (t *Table) Close() error {
 // Maps returns the table's BPF maps.
 func (t *Table) Maps() Maps { return t.maps }
 
+// Grace returns once no reader can still hold anything it read before
+// the call (an ID, a result): every XDP program running now has finished
+// and every Go Reader has left its read section. Callers that recycle
+// their own IDs (the mirror's nexthop and ECMP IDs) wait for it first.
+func (t *Table) Grace() error { return t.grace() }
+
 // grace returns once no reader can still see memory unpublished before
 // the call: it waits for an RCU grace period in the kernel (every XDP
 // program running now has finished) and for every Go Reader inside a
