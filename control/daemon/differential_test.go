@@ -47,7 +47,7 @@ func TestDifferential(t *testing.T) {
 			cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(t.TempDir(), "x.sock"),
 				CPUs:       []int{0, 1 % runtime.NumCPU()},
 				Interfaces: []Interface{{Name: in.B.Name, Engine: engine}, {Name: l.Ingress[1].B.Name, Engine: engine}, {Name: out.A.Name, Engine: engine}},
-				FIB:        FIBConfig{Groups4: 64, Groups6: 64, Nexthops: 64}}
+				FIB:        FIBConfig{Groups4: 256, Groups6: 1024, Nexthops: 64}}
 			d, err := Start(context.Background(), cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -167,6 +167,24 @@ func differentialCases(t *testing.T, l *lab.Lab) []dcase {
 			frames: [][]byte{f.v4("10.1.1.14", d4, 64, 0), f.v4(g4, d4, 64, 0)}},
 		{name: "15 ip rule prohibit (row 7)", wantSink: 1, on: "ip rule add to 198.19.98.0/24 prohibit", off: "ip rule del to 198.19.98.0/24 prohibit",
 			frames: [][]byte{f.v4(g4, "198.19.98.1", 64, 0), f.v4(g4, d4, 64, 0)}},
+		{name: "17 AnyIP local route in table local (row 8)", wantSink: 1,
+			on:     "ip link set lo up && ip route add local 198.19.99.0/24 dev lo && ip -6 route add local 2001:2:0:ff63::/64 dev lo",
+			off:    "ip route del local 198.19.99.0/24 dev lo; ip -6 route del local 2001:2:0:ff63::/64 dev lo",
+			frames: [][]byte{f.v4(g4, "198.19.99.1", 64, 0), f.v6(g6, "2001:2:0:ff63::1", 64, 0), f.v4(g4, d4, 64, 0)}},
+		{name: "18 hairpin: forwarded back and a redirect (row 11)", wantSink: 0,
+			on:     "ip route add 198.19.200.0/24 via " + gen1.V4.Addr().String() + " && ip -6 route add 2001:2:0:ffc8::/64 via " + gen1.V6.Addr().String(),
+			off:    "ip route del 198.19.200.0/24; ip -6 route del 2001:2:0:ffc8::/64",
+			frames: [][]byte{f.v4(g4, "198.19.200.1", 64, 0), f.v6(g6, "2001:2:0:ffc8::1", 64, 0)}},
+		{name: "19 hairpin without send_redirects (row 11)", wantSink: 0,
+			on:     "sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth1.send_redirects=0 && ip route add 198.19.201.0/24 via " + gen1.V4.Addr().String(),
+			off:    "ip route del 198.19.201.0/24; sysctl -qw net.ipv4.conf.all.send_redirects=1 net.ipv4.conf.eth1.send_redirects=1",
+			frames: [][]byte{f.v4(g4, "198.19.201.1", 64, 0)}},
+		{name: "20 IPv6 special sources (row 13)", wantSink: 0,
+			frames: [][]byte{f.v6("fe80::99", d6, 64, 0), f.v6("ff02::1", d6, 64, 0), f.v6("::", d6, 64, 0), f.v6("::1", d6, 64, 0)}},
+		{name: "21 IPv4 special sources", wantSink: 0,
+			frames: [][]byte{f.v4("224.0.0.9", d4, 64, 0), f.v4("127.0.0.9", d4, 64, 0), f.v4("0.0.0.0", d4, 64, 0), f.v4("255.255.255.255", d4, 64, 0)}},
+		{name: "22 malformed and truncated", wantSink: 0,
+			frames: [][]byte{f.v4(g4, d4, 64, 0)[:30], f.v6(g6, d6, 64, 0)[:50], badChecksum(f.v4(g4, d4, 64, 0)), f.v4(g4, d4, 200, 0)[:120]}},
 		{name: "16 directed broadcast (row 10)", wantSink: 0,
 			on:     "ping -b -c 1 -W 1 198.18.3.255 >/dev/null 2>&1; sleep 0.1; true",
 			off:    "ip neigh del 198.18.3.255 dev eth3 2>/dev/null; true",
@@ -208,6 +226,9 @@ func (f framer) build(et layers.EthernetType, ip gopacket.NetworkLayer, payload,
 	}
 	return append(append([]byte(nil), buf.Bytes()...), bytes.Repeat([]byte{0xee}, extra)...)
 }
+
+// badChecksum flips a bit of the IPv4 header checksum.
+func badChecksum(f []byte) []byte { f[24] ^= 0x10; return f }
 
 func b2u(b bool) uint8 {
 	if b {

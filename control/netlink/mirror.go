@@ -91,7 +91,15 @@ type Mirror struct {
 	all        bool // after a full dump: every prefix may have changed
 	nroutes    int
 	hostRoutes map[netip.Prefix]nhKey
-	installed  map[netip.Prefix]fib.Result
+	// local are the routes of the kernel's table local (when another
+	// table is mirrored): the kernel looks there first (rule 0), so an
+	// address one of them covers is the kernel's, whatever the mirrored
+	// table says. localN counts them by prefix; localLens are the prefix
+	// lengths present, by family (0: IPv4, 1: IPv6).
+	local     map[localKey]struct{}
+	localN    map[netip.Prefix]int
+	localLens [2]map[int]int
+	installed map[netip.Prefix]fib.Result
 	pruned     bool // the first sync's prune of a reopened FIB is done
 	dirty      map[netip.Prefix]struct{}
 	nexthops   map[nhKey]*nexthop
@@ -166,6 +174,8 @@ func (m *Mirror) reset() {
 	m.routes = map[netip.Prefix]prefixRoutes{}
 	m.nroutes = 0
 	m.hostRoutes = map[netip.Prefix]nhKey{}
+	m.local, m.localN = map[localKey]struct{}{}, map[netip.Prefix]int{}
+	m.localLens = [2]map[int]int{{}, {}}
 	if m.installed == nil {
 		m.installed = map[netip.Prefix]fib.Result{}
 		m.dirty = map[netip.Prefix]struct{}{}
@@ -383,7 +393,17 @@ func (m *Mirror) dumpRoutes() error {
 			m.putRoute(x.k, x.r)
 		}
 	}
-	return <-errc
+	if err := <-errc; err != nil {
+		return err
+	}
+	if m.cfg.Table == unix.RT_TABLE_LOCAL {
+		return nil
+	}
+	return m.h.RouteListFilteredIter(vnl.FAMILY_ALL, &vnl.Route{Table: unix.RT_TABLE_LOCAL}, vnl.RT_FILTER_TABLE,
+		func(r vnl.Route) bool {
+			m.localRoute(r, true)
+			return true
+		})
 }
 
 // Sync dumps links, addresses, neighbours and routes (retrying an
@@ -600,6 +620,10 @@ func (m *Mirror) onAddr(u vnl.AddrUpdate) {
 }
 
 func (m *Mirror) onRoute(u vnl.RouteUpdate) {
+	if u.Table == unix.RT_TABLE_LOCAL && m.cfg.Table != unix.RT_TABLE_LOCAL {
+		m.localRoute(u.Route, u.Type == unix.RTM_NEWROUTE)
+		return
+	}
 	k, v, ok := m.routeOf(u.Route)
 	if !ok {
 		return

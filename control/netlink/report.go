@@ -186,8 +186,9 @@ func (m *Mirror) kernelAnswer(a netip.Addr) (fib.RouteType, string, error) {
 		return 0, "", fmt.Errorf("route get %s: %w", a, err)
 	}
 	k := rs[0]
-	if k.Type == unix.RTN_LOCAL {
-		return fib.RouteLocal, "", nil
+	switch k.Type {
+	case unix.RTN_LOCAL, unix.RTN_BROADCAST, unix.RTN_ANYCAST, unix.RTN_MULTICAST:
+		return fib.RouteLocal, "", nil // the kernel's own, as table local says
 	}
 	gw := addrOf(k.Gw)
 	if !gw.IsValid() {

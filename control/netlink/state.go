@@ -186,6 +186,79 @@ func (m *Mirror) routeOf(r vnl.Route) (rkey, route, bool) {
 	return k, v, true
 }
 
+// localKey identifies a route of table local.
+type localKey struct {
+	prefix netip.Prefix
+	typ    int
+	metric int
+}
+
+// localRoute records a route of table local being added or removed: the
+// prefix, and every mirrored prefix inside it, now answers (or no longer
+// answers) "the kernel's".
+func (m *Mirror) localRoute(r vnl.Route, add bool) {
+	p := prefixOf(r.Dst, r.Family)
+	if !p.IsValid() || r.Flags&unix.RTM_F_CLONED != 0 {
+		return
+	}
+	k := localKey{prefix: p, typ: r.Type, metric: r.Priority}
+	_, had := m.local[k]
+	if add == had {
+		return
+	}
+	fam := 0
+	if p.Addr().Is6() {
+		fam = 1
+	}
+	if add {
+		m.local[k] = struct{}{}
+		m.localN[p]++
+		m.localLens[fam][p.Bits()]++
+	} else {
+		delete(m.local, k)
+		if m.localN[p]--; m.localN[p] == 0 {
+			delete(m.localN, p)
+		}
+		if m.localLens[fam][p.Bits()]--; m.localLens[fam][p.Bits()] == 0 {
+			delete(m.localLens[fam], p.Bits())
+		}
+	}
+	m.markDirty(p)
+	if m.all || p.IsSingleIP() {
+		return
+	}
+	// A local route wider than a host covers more specific mirrored ones.
+	for q := range m.installed {
+		if q.Bits() > p.Bits() && p.Contains(q.Addr()) {
+			m.markDirty(q)
+		}
+	}
+	for q := range m.routes {
+		if q.Bits() > p.Bits() && p.Contains(q.Addr()) {
+			m.markDirty(q)
+		}
+	}
+}
+
+// localCovers reports whether a route of table local covers p (is p or
+// wider): the kernel finds it before any route of the mirrored table.
+func (m *Mirror) localCovers(p netip.Prefix) bool {
+	fam := 0
+	if p.Addr().Is6() {
+		fam = 1
+	}
+	for l := range m.localLens[fam] {
+		if l > p.Bits() {
+			continue
+		}
+		q, _ := p.Addr().Prefix(l)
+		if m.localN[q] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // best returns the route the kernel uses for a prefix: the lowest metric.
 func (m *Mirror) best(p netip.Prefix) (route, bool) {
 	pr, ok := m.routes[p]
@@ -199,6 +272,9 @@ func (m *Mirror) best(p netip.Prefix) (route, bool) {
 // and ECMP group it needs (the caller releases what the old result held).
 // ok false means no FIB entry.
 func (m *Mirror) desired(p netip.Prefix) (fib.Result, bool) {
+	if m.localCovers(p) {
+		return fib.MakeResult(fib.RouteLocal, 0), true
+	}
 	r, ok := m.best(p)
 	if !ok {
 		// A neighbour host route, when no kernel route has this prefix.
@@ -453,6 +529,14 @@ func (m *Mirror) eachDirty(fn func(netip.Prefix)) {
 		_, r := m.routes[p]
 		_, i := m.installed[p]
 		if !r && !i {
+			fn(p)
+		}
+	}
+	for p := range m.localN {
+		_, r := m.routes[p]
+		_, i := m.installed[p]
+		_, h := m.hostRoutes[p]
+		if !r && !i && !h {
 			fn(p)
 		}
 	}
