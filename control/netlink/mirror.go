@@ -100,14 +100,14 @@ type Mirror struct {
 	localN    map[netip.Prefix]int
 	localLens [2]map[int]int
 	installed map[netip.Prefix]fib.Result
-	pruned     bool // the first sync's prune of a reopened FIB is done
-	dirty      map[netip.Prefix]struct{}
-	nexthops   map[nhKey]*nexthop
-	nhByID     map[uint32]nhKey
-	groups     map[string]*ecmpGroup
-	groupByID  map[uint32]string
-	nhIDs      idPool
-	ecmpIDs    idPool
+	pruned    bool // the first sync's prune of a reopened FIB is done
+	dirty     map[netip.Prefix]struct{}
+	nexthops  map[nhKey]*nexthop
+	nhByID    map[uint32]nhKey
+	groups    map[string]*ecmpGroup
+	groupByID map[uint32]string
+	nhIDs     idPool
+	ecmpIDs   idPool
 	// staleNH and staleECMP are the IDs a reopened FIB came with, deleted
 	// once the first sync has moved every route off them.
 	staleNH, staleECMP []uint32
