@@ -62,7 +62,7 @@ enum counter {
 	C_PASS_MTU,          // larger than the egress MTU
 	C_PASS_NO_XSK,       // engine afxdp with no socket on this queue or for the egress
 	C_PASS_NO_FORWARDING, // forwarding off for the family on the ingress interface
-	C_PASS_RP_FILTER,     // rp_filter on: the kernel validates the source
+	C_PASS_RP_FILTER,     // rp_filter on and the FIB cannot tell (connected source): the kernel validates it
 	C_PASS_REDIRECT,      // egress = ingress and the kernel would send a redirect
 	C_PASS_POLICY,        // a kernel setting the fast path does not implement (firewall, tc, rules)
 	// Dropped, by reason.
@@ -70,6 +70,7 @@ enum counter {
 	C_DROP_CHECKSUM,
 	C_DROP_BLACKHOLE,
 	C_DROP_OTHER_HOST, // unicast to another host's MAC (Linux: PACKET_OTHERHOST)
+	C_DROP_RP_FILTER,  // rp_filter: the source's route does not pass (Linux drops)
 	C_MAX,
 };
 
@@ -81,10 +82,11 @@ enum iface_flag {
 	IF_NO_FWD6 = 1 << 1,     // net.ipv6.conf.all.forwarding = 0 (and not force_forwarding), or disable_ipv6
 	IF_KERNEL4 = 1 << 2,     // every IPv4 frame to the kernel (netfilter, tc, rules)
 	IF_KERNEL6 = 1 << 3,     // every IPv6 frame to the kernel
-	IF_RP_FILTER = 1 << 4,   // rp_filter strict or loose: IPv4 to the kernel
+	IF_RP_FILTER = 1 << 4,   // rp_filter strict (1), or loose with IF_RP_LOOSE (2): checked on the FIB
 	IF_REDIRECTS = 1 << 5,   // send_redirects: IPv4 hairpin to the kernel
 	IF_MAC_CHECK = 1 << 6,   // unicast to another MAC than mac is not for us
 	IF_OTHER_HOST_KERNEL = 1 << 7, // ... and goes to the kernel (upper devices) instead of being dropped
+	IF_RP_LOOSE = 1 << 8,    // rp_filter=2: any usable route back will do
 };
 
 // iface is an ingress interface's configuration.
@@ -349,6 +351,66 @@ static __always_inline int redirect(struct pkt *p, struct hop *h, __u32 excess)
 	return bpf_redirect_map(&tx_ports, h->ifindex, 0);
 }
 
+// ecmp_uses reports 0 when a member of ECMP group id leaves by ifindex, 1
+// when none does, -1 when the group is not readable.
+static __always_inline int ecmp_uses(__u32 id, __u32 ifindex)
+{
+	struct fib_ptr *gp = bpf_map_lookup_elem(&fib_ecmp_ptr, &id);
+	if (!gp)
+		return -1;
+	__u32 slot = fib_load(&gp->slot);
+	if (!slot)
+		return -1;
+	slot -= 1;
+	struct fib_ecmp *g = bpf_map_lookup_elem(&fib_ecmp, &slot);
+	if (!g || g->count == 0 || g->count > FIB_MAX_ECMP)
+		return -1;
+	for (__u32 i = 0; i < FIB_MAX_ECMP; i++) {
+		if (i >= g->count)
+			break;
+		struct fib_nexthop *nh = fib_nexthop(g->members[i]);
+		if (!nh)
+			return -1;
+		if (nh->ifindex == ifindex)
+			return 0;
+	}
+	return 1;
+}
+
+// rp_check is Linux's rp_filter (fib_validate_source, no policy rules:
+// those send the family to the kernel) on our FIB: strict wants the route
+// back to the source to leave by the ingress interface (any member of an
+// ECMP route), loose any unicast route. It returns 0 when the source
+// passes, 1 when Linux drops the frame (a blackhole, unreachable or
+// prohibit route back, or strict and another interface), -1 when the FIB
+// cannot tell (no route of ours, a connected or other kernel route): then
+// the kernel decides.
+static __always_inline int rp_check(struct pkt *p, __u32 saddr)
+{
+	__u32 res = fib_lookup4(saddr);
+	int strict = !(p->cfg->flags & IF_RP_LOOSE);
+	switch (fib_type(res)) {
+	case FIB_BLACKHOLE:
+	case FIB_UNREACHABLE:
+	case FIB_PROHIBIT:
+		return 1;
+	case FIB_NEXTHOP: {
+		if (!strict)
+			return 0;
+		struct fib_nexthop *nh = fib_nexthop(fib_index(res));
+		if (!nh)
+			return -1;
+		return nh->ifindex == p->ctx->ingress_ifindex ? 0 : 1;
+	}
+	case FIB_ECMP:
+		if (!strict)
+			return 0;
+		return ecmp_uses(fib_index(res), p->ctx->ingress_ifindex);
+	default:
+		return -1;
+	}
+}
+
 static __always_inline int v4_martian(__u32 a)
 {
 	__u8 top = a >> 24;
@@ -393,7 +455,7 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 	__u32 skey = bpf_htonl(saddr);
 	if (bpf_map_lookup_elem(&local4, &skey))
 		return pass(p, C_PASS_MARTIAN);
-	if (p->cfg->flags & IF_RP_FILTER)
+	if ((p->cfg->flags & IF_RP_FILTER) && fib_source != SOURCE_FIB)
 		return pass(p, C_PASS_RP_FILTER);
 	if (ip[8] <= 1)
 		return pass(p, C_PASS_TTL);
@@ -429,6 +491,15 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 		}
 		if (resolve(p, res, hash, &h, &act) < 0)
 			return act;
+		// Linux validates the source only for a destination it forwards
+		// to, and before the TTL; our TTL check only passes.
+		if (p->cfg->flags & IF_RP_FILTER) {
+			int rp = rp_check(p, saddr);
+			if (rp > 0)
+				return drop(p, C_DROP_RP_FILTER);
+			if (rp < 0)
+				return pass(p, C_PASS_RP_FILTER);
+		}
 	}
 	__u32 excess = p->end - ((void *)ip + tot);
 	act = send(p, &h, tot, 0);

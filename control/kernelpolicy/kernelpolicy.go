@@ -179,9 +179,13 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		} else {
 			ifc.Native = append(ifc.Native, "IPv6 forwarding switch")
 		}
-		if rp := max(all4.int("rp_filter"), c4.int("rp_filter")); rp > 0 {
+		switch rp := max(all4.int("rp_filter"), c4.int("rp_filter")); {
+		case rp == 1:
 			pol.Flags |= xdp.RPFilter
-			ifc.Kernel = append(ifc.Kernel, fmt.Sprintf("IPv4: rp_filter=%d (source validation)", rp))
+			ifc.Native = append(ifc.Native, "rp_filter=1 (strict, on the FIB; connected sources to the kernel)")
+		case rp >= 2:
+			pol.Flags |= xdp.RPFilter | xdp.RPLoose
+			ifc.Native = append(ifc.Native, "rp_filter=2 (loose, on the FIB; connected sources to the kernel)")
 		}
 		if all4.int("send_redirects") > 0 || c4.int("send_redirects") > 0 {
 			pol.Flags |= xdp.Redirects

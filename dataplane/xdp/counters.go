@@ -38,6 +38,7 @@ const (
 	DropChecksum
 	DropBlackhole
 	DropOtherHost
+	DropRPFilter
 	numCounters
 )
 
@@ -48,7 +49,7 @@ var CounterNames = [numCounters]string{
 	"pass_martian", "pass_link_local", "pass_local", "pass_ttl", "pass_ip_options", "pass_ext_header",
 	"pass_no_route", "pass_unreachable", "pass_prohibit", "pass_kernel_route", "pass_neighbour",
 	"pass_mtu", "pass_no_xsk", "pass_no_forwarding", "pass_rp_filter", "pass_redirect", "pass_policy",
-	"drop_malformed", "drop_checksum", "drop_blackhole", "drop_other_host",
+	"drop_malformed", "drop_checksum", "drop_blackhole", "drop_other_host", "drop_rp_filter",
 }
 
 // Counters are one interface's counters summed over CPUs.
@@ -65,7 +66,7 @@ func (c Counters) Passed() uint64 {
 
 // Dropped is the number of frames dropped, all reasons.
 func (c Counters) Dropped() uint64 {
-	return c[DropMalformed] + c[DropChecksum] + c[DropBlackhole] + c[DropOtherHost]
+	return c[DropMalformed] + c[DropChecksum] + c[DropBlackhole] + c[DropOtherHost] + c[DropRPFilter]
 }
 
 // Map returns the non-zero counters by name.

@@ -15,10 +15,11 @@ const (
 	NoForward6                             // IPv6 forwarding off, or disable_ipv6: IPv6 to the kernel
 	Kernel4                                // every IPv4 frame to the kernel (firewall, tc, rules)
 	Kernel6                                // every IPv6 frame to the kernel
-	RPFilter                               // rp_filter on: IPv4 to the kernel, which validates the source
+	RPFilter                               // rp_filter strict (or loose with RPLoose): the source is checked on the FIB
 	Redirects                              // send_redirects on: IPv4 hairpin to the kernel (it sends the redirect)
 	MACCheck                               // unicast to another MAC than Policy.MAC is not for this host
 	OtherHostKernel                        // ... and goes to the kernel (upper devices may take it) instead of being dropped
+	RPLoose                                // rp_filter=2: any usable route back to the source will do
 )
 
 // Policy is what the kernel's settings allow the fast path to do with an

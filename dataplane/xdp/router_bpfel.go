@@ -29,7 +29,7 @@ type routerBpfDevmapVal struct {
 
 type routerCounters struct {
 	_ structs.HostLayout
-	C [33]uint64
+	C [34]uint64
 }
 
 type routerFibEcmp struct {
