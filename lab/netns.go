@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/xdprouter/xdprouter/internal/netnsrun"
 )
@@ -54,9 +56,46 @@ func namespaceExists(name string) bool {
 	return err == nil
 }
 
+// netnsDir is where named namespaces are mounted, as iproute2 keeps them.
+const netnsDir = "/run/netns"
+
+// netnsDirMu serialises making netnsDir a mount point.
+var netnsDirMu sync.Mutex
+
+// sharedNetnsDir makes /run/netns a shared mount point of its own, as `ip
+// netns add` does before it mounts a namespace there. Without it, the
+// namespaces we mount on the plain directory are hidden as soon as
+// another program (a second lab, `ip netns add`) turns the directory into
+// a mount point: their files then open as empty files (setns: invalid
+// argument) and cannot be removed (device or resource busy).
+func sharedNetnsDir() error {
+	netnsDirMu.Lock()
+	defer netnsDirMu.Unlock()
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", netnsDir, err)
+	}
+	for made := false; ; made = true {
+		err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		if err == nil {
+			return nil
+		}
+		if err != unix.EINVAL || made {
+			return fmt.Errorf("make %s a shared mount: %w", netnsDir, err)
+		}
+		// Not a mount point yet: bind it onto itself, with the namespaces
+		// already mounted in it.
+		if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s onto itself: %w", netnsDir, err)
+		}
+	}
+}
+
 // createNamespace creates a named namespace (like `ip netns add NAME`)
 // without moving any long-lived thread into it.
 func createNamespace(name string) error {
+	if err := sharedNetnsDir(); err != nil {
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: NewNamed moves this thread
@@ -77,7 +116,16 @@ func deleteNamespace(name string) error {
 	if !namespaceExists(name) {
 		return nil
 	}
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+	path := filepath.Join(netnsDir, name)
+	// Every mount on the file goes (a file mounted twice, by programs that
+	// raced to create the directory's mount point, needs two unmounts),
+	// then the file.
+	for i := 0; i < 8; i++ {
+		if err := unix.Unmount(path, unix.MNT_DETACH); err != nil {
+			break // EINVAL: not a mount point (any more)
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete netns %s: %w", name, err)
 	}
 	return nil
