@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/xdprouter/xdprouter/control/kernelpolicy"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 	"github.com/xdprouter/xdprouter/dataplane/fib/tablegen"
@@ -144,6 +145,17 @@ func (r *router) attach(src xdp.Source, e xdp.Engine) (*xdp.Program, error) {
 		}
 		return prog.AddEgress(eg.A.Index)
 	})
+	if err == nil {
+		// The kernel's policy, as the daemon applies it: the fast path is
+		// measured with the checks it runs in production.
+		var s kernelpolicy.Snapshot
+		s, err = kernelpolicy.Read(r.l.RouterNS, []int{r.l.Ingress[0].B.Index, r.l.Ingress[1].B.Index}, false)
+		for ifindex, pol := range s.Policies {
+			if err == nil {
+				err = prog.SetPolicy(ifindex, pol)
+			}
+		}
+	}
 	if err == nil {
 		for _, ifc := range []lab.Iface{r.l.Ingress[0].B, r.l.Ingress[1].B, eg.A} {
 			for _, a := range []netip.Prefix{ifc.V4, ifc.V6} {
