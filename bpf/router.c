@@ -65,11 +65,11 @@ enum counter {
 	C_PASS_RP_FILTER,     // rp_filter on and the FIB cannot tell (connected source): the kernel validates it
 	C_PASS_REDIRECT,      // egress = ingress and the kernel would send a redirect
 	C_PASS_POLICY,        // a kernel setting the fast path does not implement (firewall, tc, rules)
+	C_PASS_OTHER_HOST,    // unicast to another MAC than the interface's (Linux drops it, or an upper device takes it)
 	// Dropped, by reason.
 	C_DROP_MALFORMED,
 	C_DROP_CHECKSUM,
 	C_DROP_BLACKHOLE,
-	C_DROP_OTHER_HOST, // unicast to another host's MAC (Linux: PACKET_OTHERHOST)
 	C_DROP_RP_FILTER,  // rp_filter: the source's route does not pass (Linux drops)
 	C_MAX,
 };
@@ -84,9 +84,8 @@ enum iface_flag {
 	IF_KERNEL6 = 1 << 3,     // every IPv6 frame to the kernel
 	IF_RP_FILTER = 1 << 4,   // rp_filter strict (1), or loose with IF_RP_LOOSE (2): checked on the FIB
 	IF_REDIRECTS = 1 << 5,   // send_redirects: IPv4 hairpin to the kernel
-	IF_MAC_CHECK = 1 << 6,   // unicast to another MAC than mac is not for us
-	IF_OTHER_HOST_KERNEL = 1 << 7, // ... and goes to the kernel (upper devices) instead of being dropped
-	IF_RP_LOOSE = 1 << 8,    // rp_filter=2: any usable route back will do
+	IF_MAC_CHECK = 1 << 6,   // unicast to another MAC than mac goes to the kernel
+	IF_RP_LOOSE = 1 << 7,    // rp_filter=2: any usable route back will do
 };
 
 // iface is an ingress interface's configuration.
@@ -563,9 +562,6 @@ static __always_inline int handle_v6(struct pkt *p, void *l3)
 		return pass(p, C_PASS_LOCAL);
 	if (p->cfg->flags & IF_NO_FWD6)
 		return pass(p, C_PASS_NO_FORWARDING);
-	__builtin_memcpy(key.a, src, 16);
-	if (bpf_map_lookup_elem(&local6, &key))
-		return pass(p, C_PASS_MARTIAN);
 	__u8 nexthdr = ip[6];
 	if (is_ext_header(nexthdr))
 		return pass(p, C_PASS_EXT_HEADER);
@@ -641,12 +637,12 @@ int xdp_router(struct xdp_md *ctx)
 		return pass(&p, C_PASS_ENGINE);
 	if (eth->h_dest[0] & 1)
 		return pass(&p, C_PASS_L2_MULTICAST);
+	// Unicast to another MAC: Linux drops it (PACKET_OTHERHOST) unless an
+	// upper device (a macvlan, maybe in another namespace, where we
+	// cannot see it) owns that MAC. The kernel decides.
 	if ((p.cfg->flags & IF_MAC_CHECK) &&
-	    (*(__u32 *)eth->h_dest != *(__u32 *)p.cfg->mac || *(__u16 *)(eth->h_dest + 4) != *(__u16 *)(p.cfg->mac + 4))) {
-		if (p.cfg->flags & IF_OTHER_HOST_KERNEL)
-			return pass(&p, C_PASS_POLICY);
-		return drop(&p, C_DROP_OTHER_HOST);
-	}
+	    (*(__u32 *)eth->h_dest != *(__u32 *)p.cfg->mac || *(__u16 *)(eth->h_dest + 4) != *(__u16 *)(p.cfg->mac + 4)))
+		return pass(&p, C_PASS_OTHER_HOST);
 	__u16 proto = eth->h_proto;
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
 		// VLAN subinterfaces are the kernel's: validate the tag, pass it.

@@ -354,6 +354,10 @@ func (d *Daemon) Reload(cfg Config) error {
 	if err := d.applyEngines(&old, cfg); err != nil {
 		return err
 	}
+	if d.policy != nil && cfg.BypassFirewall != old.BypassFirewall {
+		d.policy.SetBypass(cfg.BypassFirewall)
+		slog.Warn("bypass_firewall changed", "bypass_firewall", cfg.BypassFirewall)
+	}
 	d.cfg = cfg
 	slog.Info("configuration reloaded")
 	return nil

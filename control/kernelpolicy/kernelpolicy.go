@@ -86,9 +86,19 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		if err != nil {
 			return s, fmt.Errorf("list %s rules: %w", fam.name, err)
 		}
+		seen := map[int]bool{}
 		for _, r := range rules {
 			if !defaultRule(fam.f, r) {
 				*fam.out = append(*fam.out, fmt.Sprintf("%s rule %s (policy routing is the kernel's)", fam.name, ruleString(r)))
+				continue
+			}
+			seen[r.Priority] = true
+		}
+		// Without a default rule (ip rule del pref 32766), Linux no longer
+		// looks in main: the FIB alone cannot say what it does.
+		for _, pref := range defaultPrefs(fam.f) {
+			if !seen[pref] {
+				*fam.out = append(*fam.out, fmt.Sprintf("%s rule %d (a default rule) is missing", fam.name, pref))
 			}
 		}
 	}
@@ -127,9 +137,8 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 	for _, ifindex := range ifindexes {
 		l, ok := byIndex[ifindex]
 		if !ok {
-			return s, fmt.Errorf("ifindex %d: no such interface", ifindex)
+			continue // gone: no frames arrive there
 		}
-		name := l.Attrs().Name
 		tcIn, tcOut, err := tcOf(l)
 		if err != nil {
 			return s, err
@@ -137,9 +146,6 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		perIface[ifindex] = append(perIface[ifindex], tcIn...)
 		for _, why := range tcOut {
 			kernelBoth(why) // egress: any ingress may route there
-		}
-		if sysctl("ipv6/conf/"+name).int("disable_ipv6") != 0 {
-			k6 = append(k6, "IPv6 disabled on "+name+" (disable_ipv6)")
 		}
 	}
 	if bypass {
@@ -149,10 +155,19 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		}
 		k4, k6, perIface = nil, nil, map[int][]string{}
 	}
+	// Not a firewall: never bypassed.
+	for _, ifindex := range ifindexes {
+		if l, ok := byIndex[ifindex]; ok && sysctl("ipv6/conf/"+l.Attrs().Name).int("disable_ipv6") > 0 {
+			k6 = append(k6, "IPv6 disabled on "+l.Attrs().Name+" (disable_ipv6): nothing may leave there")
+		}
+	}
 	s.Kernel4, s.Kernel6 = dedupe(k4), dedupe(k6)
 
 	for _, ifindex := range ifindexes {
-		l := byIndex[ifindex]
+		l, ok := byIndex[ifindex]
+		if !ok {
+			continue
+		}
 		name := l.Attrs().Name
 		c4, c6 := sysctl("ipv4/conf/"+name), sysctl("ipv6/conf/"+name)
 		var pol xdp.Policy
@@ -160,12 +175,7 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		if mac := l.Attrs().HardwareAddr; len(mac) == 6 {
 			pol.Flags |= xdp.MACCheck
 			pol.MAC = mac
-			if uppers := uppersOf(ifindex, l, byIndex); len(uppers) > 0 {
-				pol.Flags |= xdp.OtherHostKernel
-				ifc.Kernel = append(ifc.Kernel, "unicast to other MACs ("+strings.Join(uppers, ", ")+")")
-			} else {
-				ifc.Native = append(ifc.Native, "Ethernet destination check (drop other hosts' unicast)")
-			}
+			ifc.Kernel = append(ifc.Kernel, "unicast to other MACs (Linux drops it, or an upper device, maybe in another namespace, owns the MAC)")
 		}
 		if c4.int("forwarding") == 0 {
 			pol.Flags |= xdp.NoForward4
@@ -229,6 +239,14 @@ func defaultRule(family int, r vnl.Rule) bool {
 		return true
 	}
 	return false
+}
+
+// defaultPrefs are the priorities of the rules a namespace starts with.
+func defaultPrefs(family int) []int {
+	if family == vnl.FAMILY_V4 {
+		return []int{0, 32766, 32767}
+	}
+	return []int{0, 32766}
 }
 
 func ruleString(r vnl.Rule) string {
@@ -359,7 +377,13 @@ func tcOf(l vnl.Link) (ingress, egress []string, err error) {
 	for _, q := range qdiscs {
 		kind := q.Type()
 		switch kind {
-		case "mq", "fq_codel", "noqueue", "pfifo_fast", "pfifo", "fq", "clsact", "ingress":
+		case "mq", "fq_codel", "noqueue", "pfifo_fast", "pfifo", "clsact", "ingress":
+		case "fq":
+			// fq only paces unless it caps a flow's rate (maxrate).
+			if fq, ok := q.(*vnl.Fq); ok && (fq.FlowMaxRate == 0 || fq.FlowMaxRate == ^uint32(0)) {
+				continue
+			}
+			egress = append(egress, fmt.Sprintf("qdisc fq with maxrate on %s (devmap redirect skips the qdisc)", name))
 		default:
 			egress = append(egress, fmt.Sprintf("qdisc %s on %s (devmap redirect skips the qdisc)", kind, name))
 		}
@@ -381,26 +405,6 @@ func tcOf(l vnl.Link) (ingress, egress []string, err error) {
 		}
 	}
 	return dedupe(ingress), dedupe(egress), nil
-}
-
-// uppersOf names the devices stacked on an interface (macvlan, ipvlan,
-// vlan: their MACs are not the interface's) or its master (bridge, bond),
-// or says it is promiscuous: unicast to other MACs may be theirs.
-func uppersOf(ifindex int, l vnl.Link, byIndex map[int]vnl.Link) []string {
-	var out []string
-	if l.Attrs().MasterIndex != 0 {
-		out = append(out, "enslaved")
-	}
-	if l.Attrs().Promisc != 0 {
-		out = append(out, "promiscuous")
-	}
-	for _, o := range byIndex {
-		if o.Attrs().ParentIndex == ifindex && o.Attrs().Index != ifindex && o.Type() != "veth" {
-			out = append(out, o.Type()+" "+o.Attrs().Name)
-		}
-	}
-	slices.Sort(out)
-	return out
 }
 
 // conf reads one sysctl directory of /proc/sys/net.

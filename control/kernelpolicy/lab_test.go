@@ -99,7 +99,9 @@ func TestWatcher(t *testing.T) {
 		{"ip rule from 10/8", "ip rule add from 10.0.0.0/8 lookup 100", "ip rule del from 10.0.0.0/8 lookup 100", xdp.Kernel4, all},
 		{"ip rule prohibit", "ip rule add to 198.19.98.0/24 prohibit", "ip rule del to 198.19.98.0/24 prohibit", xdp.Kernel4, all},
 		{"ip -6 rule", "ip -6 rule add from 2001:2::/32 lookup 100", "ip -6 rule del from 2001:2::/32 lookup 100", xdp.Kernel6, all},
-		{"macvlan on eth1", "ip link add mv0 link eth1 type macvlan", "ip link del mv0", xdp.OtherHostKernel, []int{eth1.Index}},
+		{"default rule to main deleted", "ip rule del pref 32766", "ip rule add pref 32766 lookup main", xdp.Kernel4, all},
+		{"bypass does not bypass disable_ipv6", "sysctl -qw net.ipv6.conf.eth3.disable_ipv6=1", "sysctl -qw net.ipv6.conf.eth3.disable_ipv6=0 && ip -6 addr replace " + eth3.V6.String() + " dev eth3 nodad",
+			xdp.Kernel6, all},
 	}
 	// wait polls until every interface's flag is as wanted; it returns
 	// how long that took.
@@ -139,6 +141,20 @@ func TestWatcher(t *testing.T) {
 			}
 			t.Logf("applied %v after the command returned", took)
 		})
+	}
+	// SetBypass (a reload) follows at once, both ways.
+	if err := sh("nft add table inet b && nft 'add chain inet b f { type filter hook forward priority 0; }' && nft add rule inet b f counter"); err != nil {
+		t.Fatal(err)
+	}
+	defer sh("nft delete table inet b")
+	for _, bypass := range []bool{true, false} {
+		w.SetBypass(bypass)
+		if _, err := wait(xdp.Kernel4|xdp.Kernel6, all, !bypass); err != nil {
+			t.Errorf("bypass %v: %v", bypass, err)
+		}
+	}
+	if err := sh("nft delete table inet b"); err != nil {
+		t.Fatal(err)
 	}
 	// The reasons are named for status.
 	if err := sh("ip rule add from 10.0.0.0/8 lookup 100"); err != nil {

@@ -2,10 +2,12 @@ package kernelpolicy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,10 +44,13 @@ type Config struct {
 // it re-reads them on every notification of links, rules, tc, netconf
 // (forwarding, rp_filter) and nftables, and every Interval.
 type Watcher struct {
-	cfg  Config
-	fds  []int
-	mu   sync.Mutex // guards last
-	last Snapshot
+	cfg    Config
+	fds    []int
+	bypass atomic.Bool // Config.BypassFirewall, changed by SetBypass
+	force  atomic.Bool // re-read at the next turn of Run
+	upMu   sync.Mutex  // serialises Update
+	mu     sync.Mutex  // guards last
+	last   Snapshot
 }
 
 // rtnlGroups are the rtnetlink groups whose messages can change a
@@ -68,6 +73,7 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	w := &Watcher{cfg: cfg}
+	w.bypass.Store(cfg.BypassFirewall)
 	err := netnsrun.Do(cfg.Namespace, func() error {
 		fd, err := subscribe(unix.NETLINK_ROUTE, rtnlGroups)
 		if err != nil {
@@ -110,18 +116,34 @@ func subscribe(proto int, groups []uint32) (int, error) {
 	return fd, nil
 }
 
-// Update reads the settings now and applies what changed.
+// SetBypass changes Config.BypassFirewall; Run applies it within its
+// next turn (100 ms).
+func (w *Watcher) SetBypass(b bool) {
+	w.bypass.Store(b)
+	w.force.Store(true)
+}
+
+// Update reads the settings now and applies what changed. When they
+// cannot be read, every served interface sends all its frames to the
+// kernel until they can (the fast path never guesses), and the error is
+// returned.
 func (w *Watcher) Update() error {
-	s, err := Read(w.cfg.Namespace, w.cfg.Interfaces, w.cfg.BypassFirewall)
+	w.upMu.Lock()
+	defer w.upMu.Unlock()
+	s, err := Read(w.cfg.Namespace, w.cfg.Interfaces, w.bypass.Load())
 	if err != nil {
-		return err
+		s = Snapshot{Policies: map[int]xdp.Policy{}, Kernel4: []string{"kernel settings unreadable: " + err.Error()}}
+		s.Kernel6 = s.Kernel4
+		for _, ifindex := range w.cfg.Interfaces {
+			s.Policies[ifindex] = xdp.Policy{Flags: xdp.Kernel4 | xdp.Kernel6}
+		}
 	}
 	for ifindex, pol := range s.Policies {
 		if old, ok := w.last.Policies[ifindex]; ok && reflect.DeepEqual(old, pol) {
 			continue
 		}
-		if err := w.cfg.Dataplane.SetPolicy(ifindex, pol); err != nil {
-			return err
+		if serr := w.cfg.Dataplane.SetPolicy(ifindex, pol); serr != nil {
+			return errors.Join(err, serr)
 		}
 	}
 	if !reflect.DeepEqual(s.Interfaces, w.last.Interfaces) || !reflect.DeepEqual(s.Kernel4, w.last.Kernel4) ||
@@ -136,6 +158,9 @@ func (w *Watcher) Update() error {
 	w.mu.Lock()
 	w.last = s
 	w.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("read the kernel's policy (every frame to the kernel meanwhile): %w", err)
+	}
 	return nil
 }
 
@@ -173,6 +198,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 					changed = true
 				}
 			}
+		}
+		if w.force.Swap(false) {
+			changed = true
 		}
 		if !changed && time.Now().Before(next) {
 			continue

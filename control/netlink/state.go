@@ -636,10 +636,17 @@ func (p *idPool) reserve(ids []uint32) {
 	}
 }
 
-// unreserve makes every reserved id available again.
+// unreserve makes every reserved id available again. They were an
+// earlier process's, just deleted from the FIB: a reader may still hold
+// one, so they are handed out again only after a grace period (one, for
+// all of them; a pool without grace has no readers).
 func (p *idPool) unreserve() {
+	safe := len(p.reserved) == 0 || p.grace == nil || p.grace() == nil
 	for id := range p.reserved {
-		if id <= p.next {
+		switch {
+		case !safe:
+			p.pending = append(p.pending, id)
+		case id <= p.next:
 			p.free = append(p.free, id)
 		}
 	}

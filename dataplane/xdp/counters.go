@@ -34,10 +34,10 @@ const (
 	PassRPFilter
 	PassRedirect
 	PassPolicy
+	PassOtherHost
 	DropMalformed
 	DropChecksum
 	DropBlackhole
-	DropOtherHost
 	DropRPFilter
 	numCounters
 )
@@ -48,8 +48,8 @@ var CounterNames = [numCounters]string{
 	"pass_engine", "pass_non_ip", "pass_arp", "pass_vlan", "pass_l2_multicast", "pass_ip_multicast",
 	"pass_martian", "pass_link_local", "pass_local", "pass_ttl", "pass_ip_options", "pass_ext_header",
 	"pass_no_route", "pass_unreachable", "pass_prohibit", "pass_kernel_route", "pass_neighbour",
-	"pass_mtu", "pass_no_xsk", "pass_no_forwarding", "pass_rp_filter", "pass_redirect", "pass_policy",
-	"drop_malformed", "drop_checksum", "drop_blackhole", "drop_other_host", "drop_rp_filter",
+	"pass_mtu", "pass_no_xsk", "pass_no_forwarding", "pass_rp_filter", "pass_redirect", "pass_policy", "pass_other_host",
+	"drop_malformed", "drop_checksum", "drop_blackhole", "drop_rp_filter",
 }
 
 // Counters are one interface's counters summed over CPUs.
@@ -58,7 +58,7 @@ type Counters [numCounters]uint64
 // Passed is the number of frames given to the kernel, all reasons.
 func (c Counters) Passed() uint64 {
 	var n uint64
-	for i := PassEngine; i <= PassPolicy; i++ {
+	for i := PassEngine; i <= PassOtherHost; i++ {
 		n += c[i]
 	}
 	return n
@@ -66,7 +66,7 @@ func (c Counters) Passed() uint64 {
 
 // Dropped is the number of frames dropped, all reasons.
 func (c Counters) Dropped() uint64 {
-	return c[DropMalformed] + c[DropChecksum] + c[DropBlackhole] + c[DropOtherHost] + c[DropRPFilter]
+	return c[DropMalformed] + c[DropChecksum] + c[DropBlackhole] + c[DropRPFilter]
 }
 
 // Map returns the non-zero counters by name.

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -169,7 +170,7 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 	var cfg routerIface
 	for it := p.objs.Ifaces.Iterate(); it.Next(&ifindex, &cfg); {
 		p.slots[int(ifindex)] = cfg.Slot
-		p.policies[int(ifindex)] = Policy{Flags: PolicyFlag(cfg.Flags), MAC: net.HardwareAddr(cfg.Mac[:])}
+		p.policies[int(ifindex)] = Policy{Flags: PolicyFlag(cfg.Flags), MAC: slices.Clone(net.HardwareAddr(cfg.Mac[:]))}
 		used[cfg.Slot] = true
 	}
 	for i := MaxIfaces - 1; i >= 0; i-- {
