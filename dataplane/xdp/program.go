@@ -96,6 +96,7 @@ type Program struct {
 	free  []uint32
 	// policies by ifindex, kept across Configure and SetPolicy.
 	policies map[int]Policy
+	localMu  sync.Mutex // serialises local4 and its filter
 }
 
 // Load loads the router program bound to the table's maps (table may be
@@ -164,6 +165,11 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 		}
 		return nil, fmt.Errorf("load router program: %w", err)
 	}
+	// A reopened local4 (pins of an earlier process) gets its filter.
+	if err := p.setLocalBits(); err != nil {
+		p.objs.Close()
+		return nil, err
+	}
 	// Slots of interfaces configured before a restart stay theirs.
 	used := map[uint32]bool{}
 	var ifindex uint32
@@ -182,12 +188,12 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 }
 
 // pinnedMaps are the program's own maps, pinned with Options.PinPath.
-var pinnedMaps = []string{"ifaces", "counters", "local4", "local6", "tx_ports", "xsks", "xsk_egress"}
+var pinnedMaps = []string{"ifaces", "counters", "local4", "local4_bits", "local6", "tx_ports", "xsks", "xsk_egress"}
 
 // Unpin removes the program's pins.
 func (p *Program) Unpin() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{p.objs.Ifaces, p.objs.Counters, p.objs.Local4, p.objs.Local6, p.objs.TxPorts, p.objs.Xsks, p.objs.XskEgress} {
+	for _, m := range []*ebpf.Map{p.objs.Ifaces, p.objs.Counters, p.objs.Local4, p.objs.Local4Bits, p.objs.Local6, p.objs.TxPorts, p.objs.Xsks, p.objs.XskEgress} {
 		if m.IsPinned() {
 			errs = append(errs, m.Unpin())
 		}
@@ -432,8 +438,20 @@ func (p *Program) AddLocal(a netip.Addr) error {
 	a = a.Unmap()
 	var err error
 	if a.Is4() {
+		p.localMu.Lock()
+		defer p.localMu.Unlock()
 		b := a.As4()
-		err = p.objs.Local4.Put(b, uint8(1))
+		// The filter bit first: the program must never see the address
+		// in local4 behind a clear bit.
+		var bits routerLocalBits
+		if err = p.objs.Local4Bits.Lookup(uint32(0), &bits); err == nil {
+			h := localBit(b)
+			bits.W[(h>>6)&(localBitsWords-1)] |= 1 << (h & 63)
+			err = p.objs.Local4Bits.Put(uint32(0), &bits)
+		}
+		if err == nil {
+			err = p.objs.Local4.Put(b, uint8(1))
+		}
 	} else {
 		err = p.objs.Local6.Put(a.As16(), uint8(1))
 	}
@@ -448,8 +466,13 @@ func (p *Program) RemoveLocal(a netip.Addr) error {
 	a = a.Unmap()
 	var err error
 	if a.Is4() {
+		p.localMu.Lock()
+		defer p.localMu.Unlock()
 		b := a.As4()
 		err = p.objs.Local4.Delete(b)
+		if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+			err = p.setLocalBits() // after the delete: bits of the others stay
+		}
 	} else {
 		err = p.objs.Local6.Delete(a.As16())
 	}
@@ -543,4 +566,34 @@ func (p *Program) IsLocal(a netip.Addr) bool {
 		return p.objs.Local4.Lookup(a.As4(), &v) == nil
 	}
 	return p.objs.Local6.Lookup(a.As16(), &v) == nil
+}
+
+// localBitsWords is bpf/router.c's LOCAL_BITS_WORDS.
+const localBitsWords = 1024
+
+// localBit is the filter bit of an IPv4 address, as local4_hash in
+// bpf/router.c (the address in network order, read as the host's
+// little-endian word).
+func localBit(a [4]byte) uint32 {
+	w := uint32(a[0]) | uint32(a[1])<<8 | uint32(a[2])<<16 | uint32(a[3])<<24
+	return (w * 2654435761) >> 16
+}
+
+// setLocalBits rewrites the local4 filter from the addresses in local4:
+// every local address has its bit (others may share bits).
+func (p *Program) setLocalBits() error {
+	var bits routerLocalBits
+	set := func(a [4]byte) {
+		h := localBit(a)
+		bits.W[(h>>6)&(localBitsWords-1)] |= 1 << (h & 63)
+	}
+	var a [4]byte
+	var v uint8
+	for it := p.objs.Local4.Iterate(); it.Next(&a, &v); {
+		set(a)
+	}
+	if err := p.objs.Local4Bits.Put(uint32(0), &bits); err != nil {
+		return fmt.Errorf("write the local address filter: %w", err)
+	}
+	return nil
 }

@@ -557,3 +557,43 @@ func TestPolicy(t *testing.T) {
 		t.Error("a MAC check without a MAC was accepted")
 	}
 }
+
+// TestLocalFilter: the bit filter in front of local4 (filled by Go,
+// read by the program) never hides a local address, as addresses come
+// and go, and a removed address is forwarded again.
+func TestLocalFilter(t *testing.T) {
+	r := newRig(t, SourceFIB)
+	var addrs []netip.Addr
+	for i := range 200 {
+		addrs = append(addrs, netip.AddrFrom4([4]byte{198, 19, 50 + byte(i/100), byte(i%100 + 1)}))
+	}
+	for _, a := range addrs {
+		if err := r.prog.AddLocal(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(a netip.Addr, want Counter) {
+		t.Helper()
+		before, _ := r.prog.Counters(r.in.Index)
+		r.run(t, r.frame(pkt{src: "10.1.2.3", dst: a.String()}))
+		after, _ := r.prog.Counters(r.in.Index)
+		if after[want] != before[want]+1 {
+			t.Errorf("%s: counters moved %v, want %s", a, diff(before, after), CounterNames[want])
+		}
+	}
+	for _, a := range addrs {
+		check(a, PassLocal)
+	}
+	for _, a := range addrs[:100] {
+		if err := r.prog.RemoveLocal(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, a := range addrs {
+		if i < 100 {
+			check(a, Forwarded)
+		} else {
+			check(a, PassLocal)
+		}
+	}
+}

@@ -70,6 +70,11 @@ type routerIface struct {
 	Pad    uint16
 }
 
+type routerLocalBits struct {
+	_ structs.HostLayout
+	W [1024]uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -85,6 +90,7 @@ const (
 	routerMapFibNhPtr      = "fib_nh_ptr"
 	routerMapIfaces        = "ifaces"
 	routerMapLocal4        = "local4"
+	routerMapLocal4Bits    = "local4_bits"
 	routerMapLocal6        = "local6"
 	routerMapTxPorts       = "tx_ports"
 	routerMapXskEgress     = "xsk_egress"
@@ -157,6 +163,7 @@ type routerMapSpecs struct {
 	FibNhPtr   *ebpf.MapSpec `ebpf:"fib_nh_ptr"`
 	Ifaces     *ebpf.MapSpec `ebpf:"ifaces"`
 	Local4     *ebpf.MapSpec `ebpf:"local4"`
+	Local4Bits *ebpf.MapSpec `ebpf:"local4_bits"`
 	Local6     *ebpf.MapSpec `ebpf:"local6"`
 	TxPorts    *ebpf.MapSpec `ebpf:"tx_ports"`
 	XskEgress  *ebpf.MapSpec `ebpf:"xsk_egress"`
@@ -205,6 +212,7 @@ type routerMaps struct {
 	FibNhPtr   *ebpf.Map `ebpf:"fib_nh_ptr"`
 	Ifaces     *ebpf.Map `ebpf:"ifaces"`
 	Local4     *ebpf.Map `ebpf:"local4"`
+	Local4Bits *ebpf.Map `ebpf:"local4_bits"`
 	Local6     *ebpf.Map `ebpf:"local6"`
 	TxPorts    *ebpf.Map `ebpf:"tx_ports"`
 	XskEgress  *ebpf.Map `ebpf:"xsk_egress"`
@@ -224,6 +232,7 @@ func (m *routerMaps) Close() error {
 		m.FibNhPtr,
 		m.Ifaces,
 		m.Local4,
+		m.Local4Bits,
 		m.Local6,
 		m.TxPorts,
 		m.XskEgress,
