@@ -287,6 +287,12 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 	if err := json.Unmarshal([]byte(out), &st); err != nil || !st.WarmStart {
 		t.Errorf("restarted daemon: warm_start false or %v:\n%s", err, out)
 	}
+	// The text status says what the fast path honours and what goes to
+	// the kernel, per interface.
+	if out, err := run("status", "--socket", sock); err != nil || !strings.Contains(out, "eth1 native: ") ||
+		!strings.Contains(out, "IPv4 forwarding switch") || !strings.Contains(out, "eth1 to the kernel: ") {
+		t.Errorf("status does not list the kernel policy: %v\n%s", err, out)
+	}
 	if sent, got := send(labDst, 20000); got != sent {
 		t.Errorf("restarted daemon: sink matched %d of %d", got, sent)
 	}

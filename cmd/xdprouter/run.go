@@ -21,6 +21,7 @@ import (
 
 	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/control/daemon"
+	"github.com/xdprouter/xdprouter/control/kernelpolicy"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/internal/cpustat"
 )
@@ -235,6 +236,7 @@ func newStatusCmd() *cobra.Command {
 			m := s.Mirror
 			fmt.Fprintf(w, "mirror: %d routes, %d FIB entries, %d nexthops, %d neighbours; %d events, %d resyncs, %d errors\n",
 				m.Routes, m.FIBEntries, m.Nexthops, m.Neighbours, m.Events, m.Resyncs, m.Errors)
+			printPolicy(w, s.Policy)
 			return nil
 		},
 	}
@@ -407,4 +409,27 @@ func statsRates(a, b daemon.Stats) []Rates {
 			SoftIRQPct: 100 * sh.SoftIRQ, SystemPct: 100 * (sh.System + sh.IRQ), UserPct: 100 * sh.User, IdlePct: 100 * sh.Idle})
 	}
 	return out
+}
+
+// printPolicy prints what the fast path honours natively and what goes
+// to the kernel, per interface, and why (docs/operator.md, "What the fast
+// path honours").
+func printPolicy(w io.Writer, p kernelpolicy.Snapshot) {
+	for _, f := range []struct {
+		fam string
+		why []string
+	}{{"IPv4", p.Kernel4}, {"IPv6", p.Kernel6}} {
+		if len(f.why) > 0 {
+			fmt.Fprintf(w, "every %s frame to the kernel:\n  %s\n", f.fam, strings.Join(f.why, "\n  "))
+		}
+	}
+	if len(p.Bypassed) > 0 {
+		fmt.Fprintf(w, "BYPASSED by bypass_firewall (the fast path skips them):\n  %s\n", strings.Join(p.Bypassed, "\n  "))
+	}
+	for _, i := range p.Interfaces {
+		fmt.Fprintf(w, "%s native: %s\n", i.Name, strings.Join(i.Native, "; "))
+		if len(i.Kernel) > 0 {
+			fmt.Fprintf(w, "%s to the kernel: %s\n", i.Name, strings.Join(i.Kernel, "; "))
+		}
+	}
 }
