@@ -164,6 +164,23 @@ func (w *Watcher) Update() error {
 	return nil
 }
 
+// guard sends every served interface's frames to the kernel until the
+// next Update, which writes every policy again.
+func (w *Watcher) guard() {
+	w.upMu.Lock()
+	defer w.upMu.Unlock()
+	for _, ifindex := range w.cfg.Interfaces {
+		pol := w.last.Policies[ifindex]
+		pol.Flags |= xdp.Kernel4 | xdp.Kernel6
+		if err := w.cfg.Dataplane.SetPolicy(ifindex, pol); err != nil {
+			w.cfg.Logger.Error("send frames to the kernel while the policy is read", "ifindex", ifindex, "err", err)
+		}
+	}
+	w.mu.Lock()
+	w.last.Policies = nil // the next Update writes them all
+	w.mu.Unlock()
+}
+
 // Snapshot returns the last snapshot applied.
 func (w *Watcher) Snapshot() Snapshot {
 	w.mu.Lock()
@@ -198,6 +215,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 					changed = true
 				}
 			}
+		}
+		if changed {
+			// Something changed, and reading what takes milliseconds:
+			// meanwhile every frame goes to the kernel, so a rule just
+			// committed is never bypassed while it is being read.
+			w.guard()
 		}
 		if w.force.Swap(false) {
 			changed = true
