@@ -105,13 +105,17 @@ func TestWatcher(t *testing.T) {
 	}
 	// wait polls until every interface's flag is as wanted; it returns
 	// how long that took.
+	// wait polls until the policy read from the kernel (not the guard
+	// that covers the read) has the flag exactly where wanted, and the
+	// dataplane holds it; it returns how long that took.
 	wait := func(flag xdp.PolicyFlag, where []int, on bool) (time.Duration, error) {
 		t0 := time.Now()
 		for {
-			ok := true
+			snap := w.Snapshot().Policies
+			ok := snap != nil
 			for _, i := range all {
 				want := on && slices.Contains(where, i)
-				if (rec.get(i)&flag == flag) != want {
+				if ok && ((snap[i].Flags&flag == flag) != want || rec.get(i) != snap[i].Flags) {
 					ok = false
 				}
 			}

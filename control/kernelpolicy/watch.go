@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -203,23 +204,27 @@ func (w *Watcher) Run(ctx context.Context) error {
 		if err != nil && err != unix.EINTR {
 			return fmt.Errorf("poll netlink: %w", err)
 		}
-		changed := false
+		changed, guard := false, false
 		if n > 0 {
-			for _, fd := range w.fds {
+			for i, fd := range w.fds {
 				for {
 					// Drain: one read covers the burst. ENOBUFS (overflow)
-					// is a change too.
-					if _, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT); err == unix.EAGAIN {
+					// is a change too, and so urgent.
+					n, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+					if err == unix.EAGAIN {
 						break
 					}
 					changed = true
+					if err != nil || i > 0 || urgent(buf[:n]) { // w.fds[1:]: nftables
+						guard = true
+					}
 				}
 			}
 		}
-		if changed {
-			// Something changed, and reading what takes milliseconds:
-			// meanwhile every frame goes to the kernel, so a rule just
-			// committed is never bypassed while it is being read.
+		if guard {
+			// A setting that changes what Linux forwards, and reading it
+			// takes milliseconds: meanwhile every frame goes to the
+			// kernel, so a rule just committed is never bypassed.
 			w.guard()
 		}
 		if w.force.Swap(false) {
@@ -243,4 +248,29 @@ func (w *Watcher) Close() error {
 	}
 	w.fds = nil
 	return nil
+}
+
+// urgent reports whether rtnetlink messages change what Linux forwards
+// right away (tc, rules, netconf: forwarding and rp_filter, IPv6
+// interface state: disable_ipv6), so the fast path must stop until they
+// are read. Link and address events are only re-read: they come in
+// bursts (an XDP attach, DAD) and change nothing the fast path could
+// wrongly forward meanwhile.
+func urgent(b []byte) bool {
+	msgs, err := syscall.ParseNetlinkMessage(b)
+	if err != nil {
+		return true
+	}
+	for _, m := range msgs {
+		switch m.Header.Type {
+		case unix.RTM_NEWQDISC, unix.RTM_DELQDISC, unix.RTM_NEWTFILTER, unix.RTM_DELTFILTER,
+			unix.RTM_NEWRULE, unix.RTM_DELRULE, unix.RTM_NEWNETCONF, unix.RTM_DELNETCONF:
+			return true
+		case unix.RTM_NEWLINK, unix.RTM_DELLINK:
+			if len(m.Data) > 0 && m.Data[0] == unix.AF_INET6 { // IPv6 interface info
+				return true
+			}
+		}
+	}
+	return false
 }
