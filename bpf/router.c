@@ -66,6 +66,7 @@ enum counter {
 	C_PASS_REDIRECT,      // egress = ingress and the kernel would send a redirect
 	C_PASS_POLICY,        // a kernel setting the fast path does not implement (firewall, tc, rules)
 	C_PASS_OTHER_HOST,    // unicast to another MAC than the interface's (Linux drops it, or an upper device takes it)
+	C_PASS_RULE,          // selected by a policy rule (ip rule from/to/iif) before the main table
 	// Dropped, by reason.
 	C_DROP_MALFORMED,
 	C_DROP_CHECKSUM,
@@ -148,6 +149,90 @@ struct {
 	__type(key, __u32);
 	__type(value, struct local_bits);
 } local4_bits SEC(".maps");
+
+// Policy rules (ip rule) before the main table whose selectors the
+// program sees: a frame one of them selects goes to the kernel, which
+// evaluates the rules; the others are what the main table alone says.
+#define MAX_RULES 16
+
+struct rule4 {
+	__u32 src, smask, dst, dmask; // network order
+	__u32 iif;                    // 0: any
+	__u32 pad;
+};
+
+struct rules4 {
+	__u32 n;
+	__u32 pad;
+	struct rule4 r[MAX_RULES];
+};
+
+struct rule6 {
+	__u8 src[16], smask[16], dst[16], dmask[16];
+	__u32 iif; // 0: any
+	__u32 pad;
+};
+
+struct rules6 {
+	__u32 n;
+	__u32 pad;
+	struct rule6 r[MAX_RULES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rules4);
+} policy_rules4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rules6);
+} policy_rules6 SEC(".maps");
+
+// rule_selects4 reports whether a policy rule selects the frame.
+static __always_inline int rule_selects4(__u32 ingress, __u32 src, __u32 dst)
+{
+	__u32 zero = 0;
+	struct rules4 *rs = bpf_map_lookup_elem(&policy_rules4, &zero);
+	if (!rs || rs->n == 0)
+		return 0;
+	for (__u32 i = 0; i < MAX_RULES; i++) {
+		if (i >= rs->n)
+			break;
+		struct rule4 *r = &rs->r[i];
+		if ((src & r->smask) == r->src && (dst & r->dmask) == r->dst && (!r->iif || r->iif == ingress))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int masked_eq6(const __u8 *a, const __u8 *mask, const __u8 *want)
+{
+	__u64 a0 = *(__u64 *)a, a1 = *(__u64 *)(a + 8);
+	return (a0 & *(__u64 *)mask) == *(__u64 *)want && (a1 & *(__u64 *)(mask + 8)) == *(__u64 *)(want + 8);
+}
+
+// rule_selects6 reports whether a policy rule selects the frame.
+static __always_inline int rule_selects6(__u32 ingress, const __u8 *src, const __u8 *dst)
+{
+	__u32 zero = 0;
+	struct rules6 *rs = bpf_map_lookup_elem(&policy_rules6, &zero);
+	if (!rs || rs->n == 0)
+		return 0;
+	for (__u32 i = 0; i < MAX_RULES; i++) {
+		if (i >= rs->n)
+			break;
+		struct rule6 *r = &rs->r[i];
+		if (masked_eq6(src, r->smask, r->src) && masked_eq6(dst, r->dmask, r->dst) &&
+		    (!r->iif || r->iif == ingress))
+			return 1;
+	}
+	return 0;
+}
 
 // local4_hash is the filter's bit for an address in network order; Go's
 // xdp.localBit computes the same.
@@ -491,6 +576,8 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 		return pass(p, C_PASS_NO_FORWARDING);
 	if (is_local4(bpf_htonl(saddr)))
 		return pass(p, C_PASS_MARTIAN);
+	if (rule_selects4(p->ctx->ingress_ifindex, bpf_htonl(saddr), dkey))
+		return pass(p, C_PASS_RULE);
 	if ((p->cfg->flags & IF_RP_FILTER) && fib_source != SOURCE_FIB)
 		return pass(p, C_PASS_RP_FILTER);
 	if (ip[8] <= 1)
@@ -599,6 +686,8 @@ static __always_inline int handle_v6(struct pkt *p, void *l3)
 		return pass(p, C_PASS_LOCAL);
 	if (p->cfg->flags & IF_NO_FWD6)
 		return pass(p, C_PASS_NO_FORWARDING);
+	if (rule_selects6(p->ctx->ingress_ifindex, src, dst))
+		return pass(p, C_PASS_RULE);
 	__u8 nexthdr = ip[6];
 	if (is_ext_header(nexthdr))
 		return pass(p, C_PASS_EXT_HEADER);

@@ -13,6 +13,8 @@ package kernelpolicy
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -39,6 +41,10 @@ type Snapshot struct {
 	Kernel4  []string `json:"kernel_ipv4,omitempty"`
 	Kernel6  []string `json:"kernel_ipv6,omitempty"`
 	Bypassed []string `json:"bypassed,omitempty"`
+	// Rules name the policy rules whose selected frames go to the
+	// kernel; Rules4 and Rules6 are their selectors, for the program.
+	Rules          []string         `json:"rules,omitempty"`
+	Rules4, Rules6 []xdp.PolicyRule `json:"-"`
 }
 
 // Interface is one served interface's part of a Snapshot.
@@ -76,23 +82,43 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 	var k4, k6 []string // every frame of the family to the kernel
 	kernelBoth := func(why string) { k4, k6 = append(k4, why), append(k6, why) }
 
-	// Policy rules: only the kernel's defaults are what one FIB does.
+	// Policy rules: the kernel's defaults are what one FIB does. A rule
+	// ahead of main whose selectors the program sees (from, to, iif)
+	// sends the frames it selects to the kernel; any other sends the
+	// whole family; rules after main are only reached when main has no
+	// route, and such frames go to the kernel anyway.
+	var rules4, rules6, ruleWhy []string
+	var sel4, sel6 []xdp.PolicyRule
 	for _, fam := range []struct {
 		f    int
 		name string
 		out  *[]string
-	}{{vnl.FAMILY_V4, "ip", &k4}, {vnl.FAMILY_V6, "ip -6", &k6}} {
+		sel  *[]xdp.PolicyRule
+		why  *[]string
+	}{{vnl.FAMILY_V4, "ip", &rules4, &sel4, &ruleWhy}, {vnl.FAMILY_V6, "ip -6", &rules6, &sel6, &ruleWhy}} {
 		rules, err := vnl.RuleList(fam.f)
 		if err != nil {
 			return s, fmt.Errorf("list %s rules: %w", fam.name, err)
 		}
 		seen := map[int]bool{}
 		for _, r := range rules {
-			if !defaultRule(fam.f, r) {
-				*fam.out = append(*fam.out, fmt.Sprintf("%s rule %s (policy routing is the kernel's)", fam.name, ruleString(r)))
+			if defaultRule(fam.f, r) {
+				seen[r.Priority] = true
 				continue
 			}
-			seen[r.Priority] = true
+			if r.Priority > 32766 {
+				continue // after main: only for destinations main has no route to
+			}
+			sel, ok, active := selector(r, byIndex)
+			switch {
+			case !active:
+				// iif names no interface here: the rule selects nothing.
+			case ok && len(*fam.sel) < xdp.MaxPolicyRules:
+				*fam.sel = append(*fam.sel, sel)
+				*fam.why = append(*fam.why, fmt.Sprintf("%s rule %s: the frames it selects", fam.name, ruleString(r)))
+			default:
+				*fam.out = append(*fam.out, fmt.Sprintf("%s rule %s (selects on what the fast path does not see, or more than %d rules)", fam.name, ruleString(r), xdp.MaxPolicyRules))
+			}
 		}
 		// Without a default rule (ip rule del pref 32766), Linux no longer
 		// looks in main: the FIB alone cannot say what it does.
@@ -102,6 +128,7 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 			}
 		}
 	}
+	k4, k6 = append(k4, rules4...), append(k6, rules6...)
 	// nftables: any base chain on a hook forwarded traffic crosses.
 	nft, err := nftablesHooks(byIndex)
 	if err != nil {
@@ -149,12 +176,14 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		}
 	}
 	if bypass {
-		s.Bypassed = slices.Concat(k4, k6)
+		s.Bypassed = slices.Concat(k4, k6, ruleWhy)
 		for _, r := range perIface {
 			s.Bypassed = append(s.Bypassed, r...)
 		}
 		k4, k6, perIface = nil, nil, map[int][]string{}
+		sel4, sel6, ruleWhy = nil, nil, nil
 	}
+	s.Rules4, s.Rules6, s.Rules = sel4, sel6, ruleWhy
 	// Not a firewall: never bypassed.
 	for _, ifindex := range ifindexes {
 		if l, ok := byIndex[ifindex]; ok && sysctl("ipv6/conf/"+l.Attrs().Name).int("disable_ipv6") > 0 {
@@ -239,6 +268,41 @@ func defaultRule(family int, r vnl.Rule) bool {
 		return true
 	}
 	return false
+}
+
+// selector returns a rule's selector when the program can match it
+// (from, to and iif only, not inverted); active is false when its iif
+// names no interface of the namespace (the kernel keeps such a rule
+// detached: it selects nothing).
+func selector(r vnl.Rule, byIndex map[int]vnl.Link) (sel xdp.PolicyRule, ok, active bool) {
+	if r.IifName != "" {
+		active = false
+		for _, l := range byIndex {
+			if l.Attrs().Name == r.IifName {
+				sel.Iif, active = l.Attrs().Index, true
+			}
+		}
+		if !active {
+			return sel, false, false
+		}
+	}
+	if r.Mark != 0 || r.Mask != nil || r.OifName != "" || r.Invert || r.Tos != 0 || r.IPProto > 0 ||
+		r.Dport != nil || r.Sport != nil || r.UIDRange != nil || r.SuppressIfgroup >= 0 {
+		return sel, false, true
+	}
+	if r.Src != nil {
+		sel.Src = prefixOf(r.Src)
+	}
+	if r.Dst != nil {
+		sel.Dst = prefixOf(r.Dst)
+	}
+	return sel, true, true
+}
+
+func prefixOf(n *net.IPNet) netip.Prefix {
+	a, _ := netip.AddrFromSlice(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones).Masked()
 }
 
 // defaultPrefs are the priorities of the rules a namespace starts with.

@@ -3,6 +3,7 @@ package kernelpolicy
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
@@ -16,14 +17,22 @@ import (
 
 // recorder is a Dataplane that keeps the last policy of each interface.
 type recorder struct {
-	mu  sync.Mutex
-	pol map[int]xdp.Policy
+	mu             sync.Mutex
+	pol            map[int]xdp.Policy
+	rules4, rules6 []xdp.PolicyRule
 }
 
 func (r *recorder) SetPolicy(ifindex int, pol xdp.Policy) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.pol[ifindex] = pol
+	return nil
+}
+
+func (r *recorder) SetPolicyRules(v4, v6 []xdp.PolicyRule) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rules4, r.rules6 = v4, v6
 	return nil
 }
 
@@ -96,9 +105,9 @@ func TestWatcher(t *testing.T) {
 			"tc qdisc del dev eth3 clsact", xdp.Kernel4 | xdp.Kernel6, all},
 		{"shaping qdisc on eth3", "tc qdisc replace dev eth3 root tbf rate 10mbit burst 32kbit latency 400ms",
 			"tc qdisc del dev eth3 root", xdp.Kernel4 | xdp.Kernel6, all},
-		{"ip rule from 10/8", "ip rule add from 10.0.0.0/8 lookup 100", "ip rule del from 10.0.0.0/8 lookup 100", xdp.Kernel4, all},
-		{"ip rule prohibit", "ip rule add to 198.19.98.0/24 prohibit", "ip rule del to 198.19.98.0/24 prohibit", xdp.Kernel4, all},
-		{"ip -6 rule", "ip -6 rule add from 2001:2::/32 lookup 100", "ip -6 rule del from 2001:2::/32 lookup 100", xdp.Kernel6, all},
+		{"ip rule on what XDP cannot see (fwmark)", "ip rule add fwmark 7 lookup 100", "ip rule del fwmark 7 lookup 100", xdp.Kernel4, all},
+		{"ip -6 rule on what XDP cannot see (ipproto)", "ip -6 rule add ipproto udp lookup 100", "ip -6 rule del ipproto udp lookup 100", xdp.Kernel6, all},
+		{"inverted ip rule", "ip rule add not from 10.0.0.0/8 lookup 100", "ip rule del not from 10.0.0.0/8 lookup 100", xdp.Kernel4, all},
 		{"default rule to main deleted", "ip rule del pref 32766", "ip rule add pref 32766 lookup main", xdp.Kernel4, all},
 		{"bypass does not bypass disable_ipv6", "sysctl -qw net.ipv6.conf.eth3.disable_ipv6=1", "sysctl -qw net.ipv6.conf.eth3.disable_ipv6=0 && ip -6 addr replace " + eth3.V6.String() + " dev eth3 nodad",
 			xdp.Kernel6, all},
@@ -160,16 +169,45 @@ func TestWatcher(t *testing.T) {
 	if err := sh("nft delete table inet b"); err != nil {
 		t.Fatal(err)
 	}
-	// The reasons are named for status.
-	if err := sh("ip rule add from 10.0.0.0/8 lookup 100"); err != nil {
-		t.Fatal(err)
-	}
-	defer sh("ip rule del from 10.0.0.0/8 lookup 100")
-	if _, err := wait(xdp.Kernel4, all, true); err != nil {
-		t.Fatal(err)
-	}
-	if s := w.Snapshot(); len(s.Kernel4) != 1 || !strings.Contains(s.Kernel4[0], "from 10.0.0.0/8 lookup 100") {
-		t.Errorf("IPv4 to the kernel because %q, want the rule named", s.Kernel4)
+	// Rules on what the program sees send only the frames they select.
+	for _, tc := range []struct {
+		on, off string
+		v4, v6  []xdp.PolicyRule
+	}{
+		{"ip rule add from 10.0.0.0/8 lookup 100", "ip rule del from 10.0.0.0/8 lookup 100",
+			[]xdp.PolicyRule{{Src: netip.MustParsePrefix("10.0.0.0/8")}}, nil},
+		{"ip rule add to 198.19.98.0/24 iif eth2 prohibit", "ip rule del to 198.19.98.0/24 iif eth2 prohibit",
+			[]xdp.PolicyRule{{Dst: netip.MustParsePrefix("198.19.98.0/24"), Iif: eth2.Index}}, nil},
+		{"ip -6 rule add from 2001:2::/32 to 2001:2:0:ff00::/56 lookup 100", "ip -6 rule del from 2001:2::/32 to 2001:2:0:ff00::/56 lookup 100",
+			nil, []xdp.PolicyRule{{Src: netip.MustParsePrefix("2001:2::/32"), Dst: netip.MustParsePrefix("2001:2:0:ff00::/56")}}},
+		{"ip rule add iif nosuch lookup 100", "ip rule del iif nosuch lookup 100", nil, nil},                                 // detached: selects nothing
+		{"ip rule add pref 40000 from 10.0.0.0/8 lookup 100", "ip rule del pref 40000 from 10.0.0.0/8 lookup 100", nil, nil}, // after main
+	} {
+		if err := sh(tc.on); err != nil {
+			t.Fatal(err)
+		}
+		ok := false
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			rec.mu.Lock()
+			ok = slices.Equal(rec.rules4, tc.v4) && slices.Equal(rec.rules6, tc.v6) && w.Snapshot().Policies != nil
+			rec.mu.Unlock()
+			if ok {
+				break
+			}
+		}
+		snap := w.Snapshot()
+		if !ok || snap.Policies[eth1.Index].Flags&(xdp.Kernel4|xdp.Kernel6) != 0 {
+			rec.mu.Lock()
+			t.Errorf("%s: selectors %v %v, flags %#x; want %v %v and no family to the kernel", tc.on, rec.rules4, rec.rules6, snap.Policies[eth1.Index].Flags, tc.v4, tc.v6)
+			rec.mu.Unlock()
+		}
+		if sel := slices.Concat(tc.v4, tc.v6); len(sel) > 0 && (len(snap.Rules) != 1 ||
+			!strings.Contains(snap.Rules[0], sel[0].Src.String()) && !strings.Contains(snap.Rules[0], sel[0].Dst.String())) {
+			t.Errorf("%s: status names %q", tc.on, snap.Rules)
+		}
+		if err := sh(tc.off); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

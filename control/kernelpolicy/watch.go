@@ -20,6 +20,7 @@ import (
 // Dataplane is where a Watcher writes the policies (xdp.Program).
 type Dataplane interface {
 	SetPolicy(ifindex int, pol xdp.Policy) error
+	SetPolicyRules(v4, v6 []xdp.PolicyRule) error
 }
 
 // Config is what a Watcher follows.
@@ -139,6 +140,13 @@ func (w *Watcher) Update() error {
 			s.Policies[ifindex] = xdp.Policy{Flags: xdp.Kernel4 | xdp.Kernel6}
 		}
 	}
+	// Rules first: a frame a new rule selects must not take the fast
+	// path once the rule's reason is gone from the flags.
+	if !reflect.DeepEqual(s.Rules4, w.last.Rules4) || !reflect.DeepEqual(s.Rules6, w.last.Rules6) || w.last.Policies == nil {
+		if serr := w.cfg.Dataplane.SetPolicyRules(s.Rules4, s.Rules6); serr != nil {
+			return errors.Join(err, serr)
+		}
+	}
 	for ifindex, pol := range s.Policies {
 		if old, ok := w.last.Policies[ifindex]; ok && reflect.DeepEqual(old, pol) {
 			continue
@@ -147,9 +155,9 @@ func (w *Watcher) Update() error {
 			return errors.Join(err, serr)
 		}
 	}
-	if !reflect.DeepEqual(s.Interfaces, w.last.Interfaces) || !reflect.DeepEqual(s.Kernel4, w.last.Kernel4) ||
+	if !reflect.DeepEqual(s.Interfaces, w.last.Interfaces) || !reflect.DeepEqual(s.Kernel4, w.last.Kernel4) || !reflect.DeepEqual(s.Rules, w.last.Rules) ||
 		!reflect.DeepEqual(s.Kernel6, w.last.Kernel6) || !reflect.DeepEqual(s.Bypassed, w.last.Bypassed) {
-		w.cfg.Logger.Info("kernel policy", "kernel_ipv4", s.Kernel4, "kernel_ipv6", s.Kernel6, "bypassed", s.Bypassed)
+		w.cfg.Logger.Info("kernel policy", "kernel_ipv4", s.Kernel4, "kernel_ipv6", s.Kernel6, "rules", s.Rules, "bypassed", s.Bypassed)
 		for _, ifc := range s.Interfaces {
 			if len(ifc.Kernel) > 0 {
 				w.cfg.Logger.Info("to the kernel", "iface", ifc.Name, "why", ifc.Kernel)

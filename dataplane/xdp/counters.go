@@ -35,6 +35,7 @@ const (
 	PassRedirect
 	PassPolicy
 	PassOtherHost
+	PassRule
 	DropMalformed
 	DropChecksum
 	DropBlackhole
@@ -48,7 +49,7 @@ var CounterNames = [numCounters]string{
 	"pass_engine", "pass_non_ip", "pass_arp", "pass_vlan", "pass_l2_multicast", "pass_ip_multicast",
 	"pass_martian", "pass_link_local", "pass_local", "pass_ttl", "pass_ip_options", "pass_ext_header",
 	"pass_no_route", "pass_unreachable", "pass_prohibit", "pass_kernel_route", "pass_neighbour",
-	"pass_mtu", "pass_no_xsk", "pass_no_forwarding", "pass_rp_filter", "pass_redirect", "pass_policy", "pass_other_host",
+	"pass_mtu", "pass_no_xsk", "pass_no_forwarding", "pass_rp_filter", "pass_redirect", "pass_policy", "pass_other_host", "pass_rule",
 	"drop_malformed", "drop_checksum", "drop_blackhole", "drop_rp_filter",
 }
 
@@ -58,7 +59,7 @@ type Counters [numCounters]uint64
 // Passed is the number of frames given to the kernel, all reasons.
 func (c Counters) Passed() uint64 {
 	var n uint64
-	for i := PassEngine; i <= PassOtherHost; i++ {
+	for i := PassEngine; i <= PassRule; i++ {
 		n += c[i]
 	}
 	return n

@@ -1,8 +1,10 @@
 package xdp
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 )
 
 // PolicyFlag is one restriction the kernel puts on what an ingress
@@ -62,4 +64,65 @@ func ifaceEntry(e Engine, slot uint32, pol Policy) routerIface {
 	v := routerIface{Engine: uint32(e), Slot: slot, Flags: uint32(pol.Flags)}
 	copy(v.Mac[:], pol.MAC)
 	return v
+}
+
+// MaxPolicyRules is how many policy rules of a family the program matches
+// (bpf/router.c MAX_RULES); with more, the family goes to the kernel.
+const MaxPolicyRules = 16
+
+// PolicyRule is the selector of a policy rule (`ip rule`) ahead of the
+// main table: a frame it selects goes to the kernel, which evaluates the
+// rules. Invalid prefixes and a zero Iif match anything.
+type PolicyRule struct {
+	Src, Dst netip.Prefix
+	Iif      int
+}
+
+// SetPolicyRules replaces the policy rules of both families.
+func (p *Program) SetPolicyRules(v4, v6 []PolicyRule) error {
+	if len(v4) > MaxPolicyRules || len(v6) > MaxPolicyRules {
+		return fmt.Errorf("%d IPv4 and %d IPv6 policy rules: at most %d each", len(v4), len(v6), MaxPolicyRules)
+	}
+	var r4 routerRules4
+	r4.N = uint32(len(v4))
+	for i, r := range v4 {
+		e := &r4.R[i]
+		e.Src, e.Smask = word4(r.Src)
+		e.Dst, e.Dmask = word4(r.Dst)
+		e.Iif = uint32(r.Iif)
+	}
+	var r6 routerRules6
+	r6.N = uint32(len(v6))
+	for i, r := range v6 {
+		e := &r6.R[i]
+		e.Src, e.Smask = bytes16(r.Src)
+		e.Dst, e.Dmask = bytes16(r.Dst)
+		e.Iif = uint32(r.Iif)
+	}
+	if err := p.objs.PolicyRules4.Put(uint32(0), &r4); err != nil {
+		return fmt.Errorf("write IPv4 policy rules: %w", err)
+	}
+	if err := p.objs.PolicyRules6.Put(uint32(0), &r6); err != nil {
+		return fmt.Errorf("write IPv6 policy rules: %w", err)
+	}
+	return nil
+}
+
+// word4 is an IPv4 prefix's address and mask as the program reads them
+// from a packet: network-order bytes loaded as a native word.
+func word4(p netip.Prefix) (addr, mask uint32) {
+	if !p.IsValid() {
+		return 0, 0
+	}
+	m := net.CIDRMask(p.Bits(), 32)
+	a := p.Masked().Addr().As4()
+	return binary.NativeEndian.Uint32(a[:]), binary.NativeEndian.Uint32(m)
+}
+
+func bytes16(p netip.Prefix) (addr, mask [16]uint8) {
+	if !p.IsValid() {
+		return addr, mask
+	}
+	copy(mask[:], net.CIDRMask(p.Bits(), 128))
+	return p.Masked().Addr().As16(), mask
 }

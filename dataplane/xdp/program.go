@@ -188,12 +188,12 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 }
 
 // pinnedMaps are the program's own maps, pinned with Options.PinPath.
-var pinnedMaps = []string{"ifaces", "counters", "local4", "local4_bits", "local6", "tx_ports", "xsks", "xsk_egress"}
+var pinnedMaps = []string{"ifaces", "counters", "local4", "local4_bits", "local6", "tx_ports", "xsks", "xsk_egress", "policy_rules4", "policy_rules6"}
 
 // Unpin removes the program's pins.
 func (p *Program) Unpin() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{p.objs.Ifaces, p.objs.Counters, p.objs.Local4, p.objs.Local4Bits, p.objs.Local6, p.objs.TxPorts, p.objs.Xsks, p.objs.XskEgress} {
+	for _, m := range []*ebpf.Map{p.objs.Ifaces, p.objs.Counters, p.objs.Local4, p.objs.Local4Bits, p.objs.Local6, p.objs.PolicyRules4, p.objs.PolicyRules6, p.objs.TxPorts, p.objs.Xsks, p.objs.XskEgress} {
 		if m.IsPinned() {
 			errs = append(errs, m.Unpin())
 		}

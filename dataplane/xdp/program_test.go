@@ -597,3 +597,45 @@ func TestLocalFilter(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyRules: a policy rule's selector (from, to, iif) sends exactly
+// the frames it selects to the kernel; the others are forwarded.
+func TestPolicyRules(t *testing.T) {
+	r := newRig(t, SourceFIB)
+	pfx := netip.MustParsePrefix
+	v4 := []PolicyRule{{Src: pfx("10.0.0.0/8")}, {Dst: pfx("198.19.98.0/24"), Iif: r.in.Index}, {Dst: pfx("198.19.97.0/24"), Iif: r.out.Index}}
+	v6 := []PolicyRule{{Src: pfx("2001:2::/32"), Dst: pfx("2001:2:0:ff00::/64")}}
+	if err := r.prog.SetPolicyRules(v4, v6); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		p    pkt
+		want Counter
+	}{
+		{pkt{src: "10.1.2.3", dst: "198.19.0.77"}, PassRule},
+		{pkt{src: "11.1.2.3", dst: "198.19.0.77"}, Forwarded},
+		{pkt{src: "11.1.2.3", dst: "198.19.98.1"}, PassRule},  // iif is the ingress
+		{pkt{src: "11.1.2.3", dst: "198.19.97.1"}, Forwarded}, // another iif
+		{pkt{src: "2001:2:0:8000::5", dst: "2001:2:0:ff00::77"}, PassRule},
+		{pkt{src: "2001:3::5", dst: "2001:2:0:ff00::77"}, Forwarded},
+		{pkt{src: "2001:2:0:8000::5", dst: "2001:2:0:ff01::77"}, Forwarded}, // outside the /64
+	} {
+		before, _ := r.prog.Counters(r.in.Index)
+		r.run(t, r.frame(tc.p))
+		after, _ := r.prog.Counters(r.in.Index)
+		if after[tc.want] != before[tc.want]+1 {
+			t.Errorf("%s -> %s: counters moved %v, want %s", tc.p.src, tc.p.dst, diff(before, after), CounterNames[tc.want])
+		}
+	}
+	if err := r.prog.SetPolicyRules(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := r.prog.Counters(r.in.Index)
+	r.run(t, r.frame(pkt{src: "10.1.2.3", dst: "198.19.0.77"}))
+	if after, _ := r.prog.Counters(r.in.Index); after[Forwarded] != before[Forwarded]+1 {
+		t.Errorf("rules removed: counters moved %v, want forwarded", diff(before, after))
+	}
+	if err := r.prog.SetPolicyRules(make([]PolicyRule, MaxPolicyRules+1), nil); err == nil {
+		t.Error("more rules than the program matches were accepted")
+	}
+}

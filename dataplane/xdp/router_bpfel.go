@@ -29,7 +29,7 @@ type routerBpfDevmapVal struct {
 
 type routerCounters struct {
 	_ structs.HostLayout
-	C [34]uint64
+	C [35]uint64
 }
 
 type routerFibEcmp struct {
@@ -75,6 +75,36 @@ type routerLocalBits struct {
 	W [1024]uint64
 }
 
+type routerRules4 struct {
+	_   structs.HostLayout
+	N   uint32
+	Pad uint32
+	R   [16]struct {
+		_     structs.HostLayout
+		Src   uint32
+		Smask uint32
+		Dst   uint32
+		Dmask uint32
+		Iif   uint32
+		Pad   uint32
+	}
+}
+
+type routerRules6 struct {
+	_   structs.HostLayout
+	N   uint32
+	Pad uint32
+	R   [16]struct {
+		_     structs.HostLayout
+		Src   [16]uint8
+		Smask [16]uint8
+		Dst   [16]uint8
+		Dmask [16]uint8
+		Iif   uint32
+		Pad   uint32
+	}
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -92,6 +122,8 @@ const (
 	routerMapLocal4        = "local4"
 	routerMapLocal4Bits    = "local4_bits"
 	routerMapLocal6        = "local6"
+	routerMapPolicyRules4  = "policy_rules4"
+	routerMapPolicyRules6  = "policy_rules6"
 	routerMapTxPorts       = "tx_ports"
 	routerMapXskEgress     = "xsk_egress"
 	routerMapXsks          = "xsks"
@@ -152,22 +184,24 @@ type routerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type routerMapSpecs struct {
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Fib4Groups *ebpf.MapSpec `ebpf:"fib4_groups"`
-	Fib4L0     *ebpf.MapSpec `ebpf:"fib4_l0"`
-	Fib6Groups *ebpf.MapSpec `ebpf:"fib6_groups"`
-	Fib6L0     *ebpf.MapSpec `ebpf:"fib6_l0"`
-	FibEcmp    *ebpf.MapSpec `ebpf:"fib_ecmp"`
-	FibEcmpPtr *ebpf.MapSpec `ebpf:"fib_ecmp_ptr"`
-	FibNh      *ebpf.MapSpec `ebpf:"fib_nh"`
-	FibNhPtr   *ebpf.MapSpec `ebpf:"fib_nh_ptr"`
-	Ifaces     *ebpf.MapSpec `ebpf:"ifaces"`
-	Local4     *ebpf.MapSpec `ebpf:"local4"`
-	Local4Bits *ebpf.MapSpec `ebpf:"local4_bits"`
-	Local6     *ebpf.MapSpec `ebpf:"local6"`
-	TxPorts    *ebpf.MapSpec `ebpf:"tx_ports"`
-	XskEgress  *ebpf.MapSpec `ebpf:"xsk_egress"`
-	Xsks       *ebpf.MapSpec `ebpf:"xsks"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Fib4Groups   *ebpf.MapSpec `ebpf:"fib4_groups"`
+	Fib4L0       *ebpf.MapSpec `ebpf:"fib4_l0"`
+	Fib6Groups   *ebpf.MapSpec `ebpf:"fib6_groups"`
+	Fib6L0       *ebpf.MapSpec `ebpf:"fib6_l0"`
+	FibEcmp      *ebpf.MapSpec `ebpf:"fib_ecmp"`
+	FibEcmpPtr   *ebpf.MapSpec `ebpf:"fib_ecmp_ptr"`
+	FibNh        *ebpf.MapSpec `ebpf:"fib_nh"`
+	FibNhPtr     *ebpf.MapSpec `ebpf:"fib_nh_ptr"`
+	Ifaces       *ebpf.MapSpec `ebpf:"ifaces"`
+	Local4       *ebpf.MapSpec `ebpf:"local4"`
+	Local4Bits   *ebpf.MapSpec `ebpf:"local4_bits"`
+	Local6       *ebpf.MapSpec `ebpf:"local6"`
+	PolicyRules4 *ebpf.MapSpec `ebpf:"policy_rules4"`
+	PolicyRules6 *ebpf.MapSpec `ebpf:"policy_rules6"`
+	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
+	XskEgress    *ebpf.MapSpec `ebpf:"xsk_egress"`
+	Xsks         *ebpf.MapSpec `ebpf:"xsks"`
 }
 
 // routerVariableSpecs contains global variables before they are loaded into the kernel.
@@ -201,22 +235,24 @@ func (o *routerObjects) Close() error {
 //
 // It can be passed to loadRouterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type routerMaps struct {
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Fib4Groups *ebpf.Map `ebpf:"fib4_groups"`
-	Fib4L0     *ebpf.Map `ebpf:"fib4_l0"`
-	Fib6Groups *ebpf.Map `ebpf:"fib6_groups"`
-	Fib6L0     *ebpf.Map `ebpf:"fib6_l0"`
-	FibEcmp    *ebpf.Map `ebpf:"fib_ecmp"`
-	FibEcmpPtr *ebpf.Map `ebpf:"fib_ecmp_ptr"`
-	FibNh      *ebpf.Map `ebpf:"fib_nh"`
-	FibNhPtr   *ebpf.Map `ebpf:"fib_nh_ptr"`
-	Ifaces     *ebpf.Map `ebpf:"ifaces"`
-	Local4     *ebpf.Map `ebpf:"local4"`
-	Local4Bits *ebpf.Map `ebpf:"local4_bits"`
-	Local6     *ebpf.Map `ebpf:"local6"`
-	TxPorts    *ebpf.Map `ebpf:"tx_ports"`
-	XskEgress  *ebpf.Map `ebpf:"xsk_egress"`
-	Xsks       *ebpf.Map `ebpf:"xsks"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Fib4Groups   *ebpf.Map `ebpf:"fib4_groups"`
+	Fib4L0       *ebpf.Map `ebpf:"fib4_l0"`
+	Fib6Groups   *ebpf.Map `ebpf:"fib6_groups"`
+	Fib6L0       *ebpf.Map `ebpf:"fib6_l0"`
+	FibEcmp      *ebpf.Map `ebpf:"fib_ecmp"`
+	FibEcmpPtr   *ebpf.Map `ebpf:"fib_ecmp_ptr"`
+	FibNh        *ebpf.Map `ebpf:"fib_nh"`
+	FibNhPtr     *ebpf.Map `ebpf:"fib_nh_ptr"`
+	Ifaces       *ebpf.Map `ebpf:"ifaces"`
+	Local4       *ebpf.Map `ebpf:"local4"`
+	Local4Bits   *ebpf.Map `ebpf:"local4_bits"`
+	Local6       *ebpf.Map `ebpf:"local6"`
+	PolicyRules4 *ebpf.Map `ebpf:"policy_rules4"`
+	PolicyRules6 *ebpf.Map `ebpf:"policy_rules6"`
+	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
+	XskEgress    *ebpf.Map `ebpf:"xsk_egress"`
+	Xsks         *ebpf.Map `ebpf:"xsks"`
 }
 
 func (m *routerMaps) Close() error {
@@ -234,6 +270,8 @@ func (m *routerMaps) Close() error {
 		m.Local4,
 		m.Local4Bits,
 		m.Local6,
+		m.PolicyRules4,
+		m.PolicyRules6,
 		m.TxPorts,
 		m.XskEgress,
 		m.Xsks,
