@@ -155,7 +155,7 @@ func (c dcase) run(t *testing.T, l *lab.Lab, d *Daemon) []string {
 	defer unix.Close(send)
 	for _, f := range c.frames {
 		if err := unix.Sendto(send, f, 0, &unix.SockaddrLinklayer{Ifindex: l.Ingress[0].A.Index, Halen: 6}); err != nil {
-			t.Fatalf("%s: send: %v", c.name, err)
+			t.Fatalf("%s: send %d bytes: %v", c.name, len(f), err)
 		}
 	}
 	time.Sleep(250 * time.Millisecond)
@@ -218,6 +218,13 @@ func differentialCases(t *testing.T, l *lab.Lab) []dcase {
 			frames: [][]byte{f.v4(g4, d4, 64, 0)}},
 		{name: "13 tc ingress drop on eth1 (row 5b)", wantSink: 0, setup: tcDrop(t, l.RouterNS, eth1.Index),
 			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
+		{name: "13b tc egress drop on eth3 (row 5b)", wantSink: 0, setup: tcDropDir(t, l.RouterNS, eth3.Index, vnl.HANDLE_MIN_EGRESS),
+			native: map[xdp.Counter]uint64{xdp.PassPolicy: 2},
+			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
+		{name: "12b eth3 MTU 1400: small padded frames forwarded; over the MTU the kernel fragments (IPv4) or refuses (IPv6) (row 12)", wantSink: 4,
+			on: "ip link set eth3 mtu 1400", off: "ip link set eth3 mtu 1500", native: map[xdp.Counter]uint64{xdp.Forwarded: 2, xdp.PassMTU: 2},
+			frames: [][]byte{padTo(f.v4("10.1.1.12", d4, 38, 0), 1514), padTo(f.v6("2001:2:0:8000::12", d6, 62, 0), 1514),
+				f.v4(g4, d4, 1401, 0), f.v6(g6, d6, 1401, 0)}},
 		{name: "14 ip rule from 10/8 lookup 100 (row 6)", wantSink: 2, native: map[xdp.Counter]uint64{xdp.PassRule: 1, xdp.Forwarded: 1},
 			on:     "ip neigh replace 198.18.3.253 lladdr 02:cc:00:00:00:01 dev eth3 nud permanent && ip route add 198.19.0.0/16 via 198.18.3.253 table 100 && ip rule add from 10.0.0.0/8 lookup 100",
 			off:    "ip rule del from 10.0.0.0/8 lookup 100; ip route flush table 100; ip neigh del 198.18.3.253 dev eth3",
@@ -287,6 +294,9 @@ func (f framer) build(et layers.EthernetType, ip gopacket.NetworkLayer, payload,
 	}
 	return append(append([]byte(nil), buf.Bytes()...), bytes.Repeat([]byte{0xee}, extra)...)
 }
+
+// padTo appends trailer bytes up to a frame length.
+func padTo(f []byte, n int) []byte { return append(f, bytes.Repeat([]byte{0xee}, n-len(f))...) }
 
 // badChecksum flips a bit of the IPv4 header checksum.
 func badChecksum(f []byte) []byte { f[24] ^= 0x10; return f }
@@ -415,6 +425,12 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // drops every frame (a direct-action cls_bpf program returning
 // TC_ACT_SHOT: gact is not in this kernel), and its undo.
 func tcDrop(t *testing.T, ns string, ifindex int) func(t *testing.T) func() {
+	return tcDropDir(t, ns, ifindex, vnl.HANDLE_MIN_INGRESS)
+}
+
+// tcDropDir is tcDrop on the ingress (vnl.HANDLE_MIN_INGRESS) or egress
+// (vnl.HANDLE_MIN_EGRESS) hook.
+func tcDropDir(t *testing.T, ns string, ifindex int, parent uint32) func(t *testing.T) func() {
 	return func(t *testing.T) func() {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
 			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
@@ -426,7 +442,7 @@ func tcDrop(t *testing.T, ns string, ifindex int) func(t *testing.T) func() {
 			if err := vnl.QdiscAdd(q); err != nil {
 				return fmt.Errorf("tc qdisc add clsact: %w", err)
 			}
-			return vnl.FilterAdd(&vnl.BpfFilter{FilterAttrs: vnl.FilterAttrs{LinkIndex: ifindex, Parent: vnl.HANDLE_MIN_INGRESS,
+			return vnl.FilterAdd(&vnl.BpfFilter{FilterAttrs: vnl.FilterAttrs{LinkIndex: ifindex, Parent: parent,
 				Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1}, Fd: prog.FD(), Name: "drop", DirectAction: true})
 		})
 		prog.Close()
