@@ -87,6 +87,7 @@ enum iface_flag {
 	IF_REDIRECTS = 1 << 5,   // send_redirects: IPv4 hairpin to the kernel
 	IF_MAC_CHECK = 1 << 6,   // unicast to another MAC than mac goes to the kernel
 	IF_RP_LOOSE = 1 << 7,    // rp_filter=2: any usable route back will do
+	IF_SRC_ROUTE = 1 << 8,   // Linux validates every source on its FIB (custom local routes or rules exist)
 };
 
 // iface is an ingress interface's configuration.
@@ -575,6 +576,11 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 	if (p->cfg->flags & IF_NO_FWD4)
 		return pass(p, C_PASS_NO_FORWARDING);
 	if (is_local4(bpf_htonl(saddr)))
+		return pass(p, C_PASS_MARTIAN);
+	// Once custom local routes or rules exist, Linux looks every source
+	// up and drops one whose route is local, broadcast, anycast or
+	// multicast (table local in our FIB): the kernel decides those.
+	if ((p->cfg->flags & IF_SRC_ROUTE) && fib_source == SOURCE_FIB && fib_type(fib_lookup4(saddr)) == FIB_LOCAL)
 		return pass(p, C_PASS_MARTIAN);
 	if (rule_selects4(p->ctx->ingress_ifindex, bpf_htonl(saddr), dkey))
 		return pass(p, C_PASS_RULE);

@@ -88,6 +88,7 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 	// whole family; rules after main are only reached when main has no
 	// route, and such frames go to the kernel anyway.
 	var rules4, rules6, ruleWhy []string
+	custom4 := 0 // IPv4 rules other than the defaults
 	var sel4, sel6 []xdp.PolicyRule
 	for _, fam := range []struct {
 		f    int
@@ -105,6 +106,9 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 			if defaultRule(fam.f, r) {
 				seen[r.Priority] = true
 				continue
+			}
+			if fam.f == vnl.FAMILY_V4 {
+				custom4++
 			}
 			if r.Priority > 32766 {
 				continue // after main: only for destinations main has no route to
@@ -129,6 +133,23 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		}
 	}
 	k4, k6 = append(k4, rules4...), append(k6, rules6...)
+	// Linux validates every IPv4 source on its FIB once custom rules or
+	// local routes were added (fib_has_custom_rules and
+	// fib_has_custom_local_routes, never cleared: what happened before
+	// the daemon started cannot be seen, only what is there now).
+	srcRoute := custom4 > 0
+	if !srcRoute {
+		locals, err := vnl.RouteListFiltered(vnl.FAMILY_V4, &vnl.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL},
+			vnl.RT_FILTER_TABLE|vnl.RT_FILTER_TYPE)
+		if err != nil {
+			return s, fmt.Errorf("list table local: %w", err)
+		}
+		for _, r := range locals {
+			if r.Protocol != unix.RTPROT_KERNEL {
+				srcRoute = true
+			}
+		}
+	}
 	// nftables: any base chain on a hook forwarded traffic crosses.
 	nft, err := nftablesHooks(byIndex)
 	if err != nil {
@@ -218,10 +239,13 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		} else {
 			ifc.Native = append(ifc.Native, "IPv6 forwarding switch")
 		}
+		// Loose mode on an interface without an IPv4 address is strict in
+		// Linux (no_addr: a route back by another device fails).
+		addrs4, _ := vnl.AddrList(l, vnl.FAMILY_V4)
 		switch rp := max(all4.int("rp_filter"), c4.int("rp_filter")); {
-		case rp == 1:
+		case rp == 1 || rp >= 2 && len(addrs4) == 0:
 			pol.Flags |= xdp.RPFilter
-			ifc.Native = append(ifc.Native, "rp_filter=1 (strict, on the FIB; connected sources to the kernel)")
+			ifc.Native = append(ifc.Native, fmt.Sprintf("rp_filter=%d (strict, on the FIB; connected sources to the kernel)", rp))
 		case rp >= 2:
 			pol.Flags |= xdp.RPFilter | xdp.RPLoose
 			ifc.Native = append(ifc.Native, "rp_filter=2 (loose, on the FIB; connected sources to the kernel)")
@@ -237,6 +261,16 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 			for _, why := range perIface[ifindex] {
 				ifc.Kernel = append(ifc.Kernel, "all: "+why)
 			}
+		}
+		if srcRoute {
+			pol.Flags |= xdp.SourceRoute
+			ifc.Kernel = append(ifc.Kernel, "IPv4 sources routed in table local (custom rules or local routes: Linux validates every source)")
+		}
+		if l.Attrs().MasterIndex != 0 {
+			// A bridge or bond port: Linux routes what arrives here as
+			// its master's, with the master's settings.
+			pol.Flags |= xdp.Kernel4 | xdp.Kernel6
+			ifc.Kernel = append(ifc.Kernel, "all: enslaved to another device (a bridge or bond routes for it)")
 		}
 		if len(s.Kernel4) > 0 {
 			pol.Flags |= xdp.Kernel4

@@ -1,7 +1,9 @@
 package kernelpolicy
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,7 +49,7 @@ type Config struct {
 // (forwarding, rp_filter) and nftables, and every Interval.
 type Watcher struct {
 	cfg    Config
-	fds    []int
+	fds    []int       // rtnetlink settings, IPv4 routes, nftables (when there)
 	bypass atomic.Bool // Config.BypassFirewall, changed by SetBypass
 	force  atomic.Bool // re-read at the next turn of Run
 	upMu   sync.Mutex  // serialises Update
@@ -81,6 +83,14 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		if err != nil {
 			return fmt.Errorf("subscribe to rtnetlink: %w", err)
 		}
+		w.fds = append(w.fds, fd)
+		// IPv4 routes, for a custom local route (Linux then validates
+		// every source); routes come in bursts of thousands (BGP), so
+		// only their headers are looked at, with room to spare.
+		if fd, err = subscribe(unix.NETLINK_ROUTE, []uint32{unix.RTNLGRP_IPV4_ROUTE}); err != nil {
+			return fmt.Errorf("subscribe to route notifications: %w", err)
+		}
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
 		w.fds = append(w.fds, fd)
 		if fd, err = subscribe(unix.NETLINK_NETFILTER, []uint32{nfnlgrpNftables}); err == nil {
 			w.fds = append(w.fds, fd)
@@ -152,6 +162,9 @@ func (w *Watcher) Update() error {
 			continue
 		}
 		if serr := w.cfg.Dataplane.SetPolicy(ifindex, pol); serr != nil {
+			w.mu.Lock()
+			w.last.Policies = nil // some were written: the next Update writes all
+			w.mu.Unlock()
 			return errors.Join(err, serr)
 		}
 	}
@@ -198,7 +211,8 @@ func (w *Watcher) Snapshot() Snapshot {
 }
 
 // Run follows the notifications until ctx ends; a burst of them is read
-// once. Run and Update must not run concurrently.
+// once. A frame may still take the fast path for one turn of the loop
+// (microseconds) after a change that arrived while a read was applied.
 func (w *Watcher) Run(ctx context.Context) error {
 	pfds := make([]unix.PollFd, len(w.fds))
 	buf := make([]byte, 1<<16)
@@ -222,9 +236,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 					if err == unix.EAGAIN {
 						break
 					}
-					changed = true
-					if err != nil || i > 0 || urgent(buf[:n]) { // w.fds[1:]: nftables
-						guard = true
+					switch {
+					case i == 1: // routes: only a custom local route matters
+						if err != nil || customLocalRoute(buf[:n]) {
+							changed = true
+							guard = guard || err == nil
+						}
+					case err != nil || i > 1 || w.urgent(buf[:n]): // overflow, nftables
+						changed, guard = true, true
+					default:
+						changed = true
 					}
 				}
 			}
@@ -259,12 +280,13 @@ func (w *Watcher) Close() error {
 }
 
 // urgent reports whether rtnetlink messages change what Linux forwards
-// right away (tc, rules, netconf: forwarding and rp_filter, IPv6
-// interface state: disable_ipv6), so the fast path must stop until they
-// are read. Link and address events are only re-read: they come in
-// bursts (an XDP attach, DAD) and change nothing the fast path could
-// wrongly forward meanwhile.
-func urgent(b []byte) bool {
+// right away, so the fast path must stop until they are read: tc, rules,
+// netconf (forwarding, rp_filter), IPv6 interface state and address
+// removal (disable_ipv6 shows only as those), and a served interface's
+// MAC changing. Other link and address events are re-read without
+// stopping: they come in bursts (an XDP attach, DAD) and change nothing
+// the fast path decides.
+func (w *Watcher) urgent(b []byte) bool {
 	msgs, err := syscall.ParseNetlinkMessage(b)
 	if err != nil {
 		return true
@@ -274,8 +296,58 @@ func urgent(b []byte) bool {
 		case unix.RTM_NEWQDISC, unix.RTM_DELQDISC, unix.RTM_NEWTFILTER, unix.RTM_DELTFILTER,
 			unix.RTM_NEWRULE, unix.RTM_DELRULE, unix.RTM_NEWNETCONF, unix.RTM_DELNETCONF:
 			return true
+		case unix.RTM_DELADDR:
+			if len(m.Data) > 0 && m.Data[0] == unix.AF_INET6 {
+				return true
+			}
 		case unix.RTM_NEWLINK, unix.RTM_DELLINK:
-			if len(m.Data) > 0 && m.Data[0] == unix.AF_INET6 { // IPv6 interface info
+			if len(m.Data) < unix.SizeofIfInfomsg {
+				return true
+			}
+			if m.Data[0] == unix.AF_INET6 { // IPv6 interface info
+				return true
+			}
+			if w.macChanged(&m) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// macChanged reports whether a link message gives a served interface
+// another MAC than its policy holds.
+func (w *Watcher) macChanged(m *syscall.NetlinkMessage) bool {
+	ifindex := int(int32(binary.NativeEndian.Uint32(m.Data[4:8])))
+	w.mu.Lock()
+	pol, ok := w.last.Policies[ifindex]
+	w.mu.Unlock()
+	if !ok || pol.Flags&xdp.MACCheck == 0 {
+		return false
+	}
+	attrs, err := syscall.ParseNetlinkRouteAttr(m)
+	if err != nil {
+		return true
+	}
+	for _, a := range attrs {
+		if a.Attr.Type == unix.IFLA_ADDRESS {
+			return !bytes.Equal(a.Value, pol.MAC)
+		}
+	}
+	return false
+}
+
+// customLocalRoute reports whether route messages add or remove a local
+// route of table local that the kernel did not make for an address.
+func customLocalRoute(b []byte) bool {
+	msgs, err := syscall.ParseNetlinkMessage(b)
+	if err != nil {
+		return true
+	}
+	for _, m := range msgs {
+		if (m.Header.Type == unix.RTM_NEWROUTE || m.Header.Type == unix.RTM_DELROUTE) && len(m.Data) >= unix.SizeofRtMsg {
+			// struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type
+			if m.Data[4] == unix.RT_TABLE_LOCAL && m.Data[7] == unix.RTN_LOCAL && m.Data[5] != unix.RTPROT_KERNEL {
 				return true
 			}
 		}

@@ -21,6 +21,7 @@ const (
 	Redirects                         // send_redirects on: IPv4 hairpin to the kernel (it sends the redirect)
 	MACCheck                          // unicast to another MAC than Policy.MAC goes to the kernel (Linux drops it, or an upper device takes it)
 	RPLoose                           // rp_filter=2: any usable route back to the source will do
+	SourceRoute                       // Linux looks every IPv4 source up (custom local routes or rules exist): sources in table local to the kernel
 )
 
 // Policy is what the kernel's settings allow the fast path to do with an

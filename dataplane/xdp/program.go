@@ -96,7 +96,10 @@ type Program struct {
 	free  []uint32
 	// policies by ifindex, kept across Configure and SetPolicy.
 	policies map[int]Policy
-	localMu  sync.Mutex // serialises local4 and its filter
+	localMu  sync.Mutex       // serialises local4 and its filter, and guards:
+	locals   map[[4]byte]bool // local4's addresses
+	bitRefs  map[uint32]int   // local addresses per filter bit
+	bits     routerLocalBits  // the filter as written
 }
 
 // Load loads the router program bound to the table's maps (table may be
@@ -443,11 +446,13 @@ func (p *Program) AddLocal(a netip.Addr) error {
 		b := a.As4()
 		// The filter bit first: the program must never see the address
 		// in local4 behind a clear bit.
-		var bits routerLocalBits
-		if err = p.objs.Local4Bits.Lookup(uint32(0), &bits); err == nil {
+		if !p.locals[b] {
 			h := localBit(b)
-			bits.W[(h>>6)&(localBitsWords-1)] |= 1 << (h & 63)
-			err = p.objs.Local4Bits.Put(uint32(0), &bits)
+			if p.bitRefs[h]++; p.bitRefs[h] == 1 {
+				p.bits.W[(h>>6)&(localBitsWords-1)] |= 1 << (h & 63)
+				err = p.objs.Local4Bits.Put(uint32(0), &p.bits)
+			}
+			p.locals[b] = true
 		}
 		if err == nil {
 			err = p.objs.Local4.Put(b, uint8(1))
@@ -470,8 +475,17 @@ func (p *Program) RemoveLocal(a netip.Addr) error {
 		defer p.localMu.Unlock()
 		b := a.As4()
 		err = p.objs.Local4.Delete(b)
-		if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
-			err = p.setLocalBits() // after the delete: bits of the others stay
+		if (err == nil || errors.Is(err, ebpf.ErrKeyNotExist)) && p.locals[b] {
+			// After the delete: the bit goes when no other address has it.
+			delete(p.locals, b)
+			h := localBit(b)
+			if p.bitRefs[h]--; p.bitRefs[h] == 0 {
+				delete(p.bitRefs, h)
+				p.bits.W[(h>>6)&(localBitsWords-1)] &^= 1 << (h & 63)
+				if perr := p.objs.Local4Bits.Put(uint32(0), &p.bits); perr != nil {
+					err = perr
+				}
+			}
 		}
 	} else {
 		err = p.objs.Local6.Delete(a.As16())
@@ -579,20 +593,24 @@ func localBit(a [4]byte) uint32 {
 	return (w * 2654435761) >> 16
 }
 
-// setLocalBits rewrites the local4 filter from the addresses in local4:
-// every local address has its bit (others may share bits).
+// setLocalBits builds the local4 filter from the addresses in local4 (a
+// reopened map) and writes it: every local address has its bit, counted
+// per bit so a removal clears a bit only when no other address has it.
 func (p *Program) setLocalBits() error {
-	var bits routerLocalBits
-	set := func(a [4]byte) {
-		h := localBit(a)
-		bits.W[(h>>6)&(localBitsWords-1)] |= 1 << (h & 63)
-	}
+	p.locals, p.bitRefs, p.bits = map[[4]byte]bool{}, map[uint32]int{}, routerLocalBits{}
 	var a [4]byte
 	var v uint8
-	for it := p.objs.Local4.Iterate(); it.Next(&a, &v); {
-		set(a)
+	it := p.objs.Local4.Iterate()
+	for it.Next(&a, &v) {
+		p.locals[a] = true
+		h := localBit(a)
+		p.bitRefs[h]++
+		p.bits.W[(h>>6)&(localBitsWords-1)] |= 1 << (h & 63)
 	}
-	if err := p.objs.Local4Bits.Put(uint32(0), &bits); err != nil {
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read local4: %w", err)
+	}
+	if err := p.objs.Local4Bits.Put(uint32(0), &p.bits); err != nil {
 		return fmt.Errorf("write the local address filter: %w", err)
 	}
 	return nil
