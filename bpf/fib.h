@@ -158,19 +158,30 @@ static __always_inline struct fib_nexthop *fib_nexthop(__u32 id)
 	return bpf_map_lookup_elem(&fib_nh, &slot);
 }
 
+/* fib_ecmp_group returns ECMP group id, or NULL when it is not set (or
+ * its count is out of range). The entry does not change while it is
+ * published. */
+static __always_inline struct fib_ecmp *fib_ecmp_group(__u32 id)
+{
+	struct fib_ptr *p = bpf_map_lookup_elem(&fib_ecmp_ptr, &id);
+	if (!p)
+		return NULL;
+	__u32 slot = fib_load(&p->slot);
+	if (!slot)
+		return NULL;
+	slot -= 1;
+	struct fib_ecmp *g = bpf_map_lookup_elem(&fib_ecmp, &slot);
+	if (!g || g->count == 0 || g->count > FIB_MAX_ECMP)
+		return NULL;
+	return g;
+}
+
 /* fib_ecmp_member stores in *nh the member of ECMP group id that hash
  * picks (hash % count); returns 0, or -1 when the group is not set. */
 static __always_inline int fib_ecmp_member(__u32 id, __u32 hash, __u32 *nh)
 {
-	struct fib_ptr *p = bpf_map_lookup_elem(&fib_ecmp_ptr, &id);
-	if (!p)
-		return -1;
-	__u32 slot = fib_load(&p->slot);
-	if (!slot)
-		return -1;
-	slot -= 1;
-	struct fib_ecmp *g = bpf_map_lookup_elem(&fib_ecmp, &slot);
-	if (!g || g->count == 0 || g->count > FIB_MAX_ECMP)
+	struct fib_ecmp *g = fib_ecmp_group(id);
+	if (!g)
 		return -1;
 	__u32 i = hash % g->count;
 	/* The compiler knows i < count <= 16 and would drop the check the

@@ -478,15 +478,8 @@ static __always_inline int redirect(struct pkt *p, struct hop *h, __u32 excess)
 // when none does, -1 when the group is not readable.
 static __always_inline int ecmp_uses(__u32 id, __u32 ifindex)
 {
-	struct fib_ptr *gp = bpf_map_lookup_elem(&fib_ecmp_ptr, &id);
-	if (!gp)
-		return -1;
-	__u32 slot = fib_load(&gp->slot);
-	if (!slot)
-		return -1;
-	slot -= 1;
-	struct fib_ecmp *g = bpf_map_lookup_elem(&fib_ecmp, &slot);
-	if (!g || g->count == 0 || g->count > FIB_MAX_ECMP)
+	struct fib_ecmp *g = fib_ecmp_group(id);
+	if (!g)
 		return -1;
 	for (__u32 i = 0; i < FIB_MAX_ECMP; i++) {
 		if (i >= g->count)
