@@ -194,6 +194,16 @@ struct {
 	__type(value, struct rules6);
 } policy_rules6 SEC(".maps");
 
+// rules4_present reports whether any IPv4 policy rule is matched here:
+// then Linux validates a source through the rules too (on the reversed
+// flow), which one FIB cannot, so rp_filter is the kernel's.
+static __always_inline int rules4_present(void)
+{
+	__u32 zero = 0;
+	struct rules4 *rs = bpf_map_lookup_elem(&policy_rules4, &zero);
+	return rs && rs->n > 0;
+}
+
 // rule_selects4 reports whether a policy rule selects the frame.
 static __always_inline int rule_selects4(__u32 ingress, __u32 src, __u32 dst)
 {
@@ -493,8 +503,8 @@ static __always_inline int ecmp_uses(__u32 id, __u32 ifindex)
 	return 1;
 }
 
-// rp_check is Linux's rp_filter (fib_validate_source, no policy rules:
-// those send the family to the kernel) on our FIB: strict wants the route
+// rp_check is Linux's rp_filter (fib_validate_source, without policy
+// rules: with them the caller leaves it to the kernel) on our FIB: strict wants the route
 // back to the source to leave by the ingress interface (any member of an
 // ECMP route), loose any unicast route. It returns 0 when the source
 // passes, 1 when Linux drops the frame (a blackhole, unreachable or
@@ -616,7 +626,7 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 		// Linux validates the source only for a destination it forwards
 		// to, and before the TTL; our TTL check only passes.
 		if (p->cfg->flags & IF_RP_FILTER) {
-			int rp = rp_check(p, saddr);
+			int rp = rules4_present() ? -1 : rp_check(p, saddr);
 			if (rp > 0)
 				return drop(p, C_DROP_RP_FILTER);
 			if (rp < 0)

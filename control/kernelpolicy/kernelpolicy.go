@@ -227,7 +227,7 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 			pol.MAC = mac
 			ifc.Kernel = append(ifc.Kernel, "unicast to other MACs (Linux drops it, or an upper device, maybe in another namespace, owns the MAC)")
 		}
-		if c4.int("forwarding") == 0 {
+		if c4.int("forwarding") <= 0 { // missing (-1): unknown, the kernel's
 			pol.Flags |= xdp.NoForward4
 			ifc.Kernel = append(ifc.Kernel, "IPv4: forwarding off (net.ipv4.conf."+name+".forwarding=0)")
 		} else {

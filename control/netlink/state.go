@@ -644,7 +644,7 @@ func (p *idPool) unreserve() {
 	safe := len(p.reserved) == 0 || p.grace == nil || p.grace() == nil
 	for id := range p.reserved {
 		switch {
-		case !safe:
+		case !safe && id <= p.next: // above next: left out, as in the safe case
 			p.pending = append(p.pending, id)
 		case id <= p.next:
 			p.free = append(p.free, id)

@@ -630,10 +630,23 @@ func TestPolicyRules(t *testing.T) {
 			t.Errorf("%s -> %s: counters moved %v, want %s", tc.p.src, tc.p.dst, diff(before, after), CounterNames[tc.want])
 		}
 	}
-	if err := r.prog.SetPolicyRules(nil, nil); err != nil {
+	// With rules, Linux validates a source through them (the reversed
+	// flow): rp_filter goes to the kernel rather than judging on one FIB.
+	if err := r.prog.SetPolicy(r.in.Index, Policy{Flags: RPFilter}); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := r.prog.Counters(r.in.Index)
+	r.run(t, r.frame(pkt{src: "198.19.0.9", dst: "198.19.0.77"})) // main's route back leaves by another interface
+	if after, _ := r.prog.Counters(r.in.Index); after[PassRPFilter] != before[PassRPFilter]+1 {
+		t.Errorf("rp_filter with policy rules: counters moved %v, want pass_rp_filter", diff(before, after))
+	}
+	if err := r.prog.SetPolicy(r.in.Index, Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.prog.SetPolicyRules(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, _ = r.prog.Counters(r.in.Index)
 	r.run(t, r.frame(pkt{src: "10.1.2.3", dst: "198.19.0.77"}))
 	if after, _ := r.prog.Counters(r.in.Index); after[Forwarded] != before[Forwarded]+1 {
 		t.Errorf("rules removed: counters moved %v, want forwarded", diff(before, after))
