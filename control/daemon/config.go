@@ -56,6 +56,11 @@ type Config struct {
 	// (default 0: sleep in poll(2) as soon as its rx rings are empty;
 	// "-1ns": never sleep). Spin only on CPUs nothing else needs.
 	Spin time.Duration `yaml:"spin"`
+	// WorkerPriority is the AF_XDP workers' SCHED_FIFO priority (default
+	// 1; -1: normal scheduling). A woken worker runs at once, like the
+	// softirq that fills its rings, instead of waiting behind a busy
+	// task on its CPU while the ring fills.
+	WorkerPriority int `yaml:"worker_priority"`
 	// Metrics is the Prometheus listen address (default 127.0.0.1:9470;
 	// "off" to disable).
 	Metrics string `yaml:"metrics"`

@@ -278,7 +278,8 @@ func (d *Daemon) applyEngines(old *Config, cfg Config) error {
 	}
 	restart := old == nil || (d.eng == nil && len(afxdp) > 0) || // a failed reload stopped them
 		!slices.Equal(afxdpNames(*old), afxdpNames(cfg)) ||
-		!slices.Equal(old.CPUs, cfg.CPUs) || old.Queues != cfg.Queues || old.Socket != cfg.Socket || old.Spin != cfg.Spin
+		!slices.Equal(old.CPUs, cfg.CPUs) || old.Queues != cfg.Queues || old.Socket != cfg.Socket || old.Spin != cfg.Spin ||
+		old.WorkerPriority != cfg.WorkerPriority
 	if restart {
 		if err := d.stopEngine(); err != nil {
 			slog.Warn("stop AF_XDP engine", "err", err)
@@ -286,7 +287,7 @@ func (d *Daemon) applyEngines(old *Config, cfg Config) error {
 		if len(afxdp) > 0 {
 			eng, err := engine.Start(engine.Config{Namespace: cfg.Namespace, Program: d.prog, Table: d.table,
 				Interfaces: afxdp, Egress: others, Queues: cfg.Queues, CPUs: cfg.CPUs,
-				Socket: cfg.socketOptions(), Spin: cfg.Spin})
+				Socket: cfg.socketOptions(), Spin: cfg.Spin, Priority: cfg.WorkerPriority})
 			if err != nil {
 				return fmt.Errorf("start AF_XDP engine: %w", err)
 			}

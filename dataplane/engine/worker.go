@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"log/slog"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -83,12 +84,13 @@ type worker struct {
 	ok   []bool
 	drop [numReasons]uint64
 	pfds []unix.PollFd
+	prio int // SCHED_FIFO priority; 0: normal scheduling
 }
 
 func newWorker(e *Engine, q, cpu int) *worker {
 	b := e.cfg.Batch
 	return &worker{e: e, q: q, cpu: cpu, cmd: make(chan func(*worker)), done: make(chan struct{}),
-		r: e.cfg.Table.NewReader(), batch: b, spin: e.cfg.Spin,
+		r: e.cfg.Table.NewReader(), batch: b, spin: e.cfg.Spin, prio: e.cfg.Priority,
 		a4: make([]uint32, b), i4: make([]int32, b), r4: make([]fib.Result, b),
 		a6: make([][16]byte, b), i6: make([]int32, b), r6: make([]fib.Result, b),
 		res: make([]fib.Result, b), ok: make([]bool, b)}
@@ -108,6 +110,17 @@ func (w *worker) run(started chan<- error) {
 		if err := unix.SchedSetaffinity(0, &set); err != nil {
 			started <- err
 			return
+		}
+	}
+	if w.prio > 0 {
+		// Real-time, as the softirq that fills the rings is: woken by
+		// poll(2), the worker runs at once instead of waiting for a
+		// busy task on its CPU (the generator, a build) to use up its
+		// slice while the ring fills. It sleeps when idle, so it takes
+		// only the CPU its traffic needs.
+		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: uint32(w.prio)}
+		if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+			slog.Warn("afxdp worker stays at normal priority", "cpu", w.cpu, "sched_fifo", w.prio, "err", err)
 		}
 	}
 	started <- nil
