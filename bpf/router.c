@@ -67,6 +67,7 @@ enum counter {
 	C_PASS_POLICY,        // a kernel setting the fast path does not implement (firewall, tc, rules)
 	C_PASS_OTHER_HOST,    // unicast to another MAC than the interface's (Linux drops it, or an upper device takes it)
 	C_PASS_RULE,          // selected by a policy rule (ip rule from/to/iif) before the main table
+	C_PASS_EGRESS,        // the egress interface has tc filters or a shaping qdisc the kernel must apply
 	// Dropped, by reason.
 	C_DROP_MALFORMED,
 	C_DROP_CHECKSUM,
@@ -88,6 +89,8 @@ enum iface_flag {
 	IF_MAC_CHECK = 1 << 6,   // unicast to another MAC than mac goes to the kernel
 	IF_RP_LOOSE = 1 << 7,    // rp_filter=2: any usable route back will do
 	IF_SRC_ROUTE = 1 << 8,   // Linux validates every source on its FIB (custom local routes or rules exist)
+	IF_EGRESS_KERNEL = 1 << 9, // as an egress: frames leaving here go to the kernel (tc egress filters, shaping qdisc)
+	IF_EGRESS_CHECK = 1 << 10, // as an ingress: some egress has IF_EGRESS_KERNEL, look it up
 };
 
 // iface is an ingress interface's configuration.
@@ -440,6 +443,11 @@ static __always_inline int send(struct pkt *p, struct hop *h, __u32 l3len, __u32
 		return pass(p, C_PASS_MTU);
 	if (h->ifindex == p->ctx->ingress_ifindex && (v6 || (p->cfg->flags & IF_REDIRECTS)))
 		return pass(p, C_PASS_REDIRECT);
+	if (p->cfg->flags & IF_EGRESS_CHECK) {
+		struct iface *e = bpf_map_lookup_elem(&ifaces, &h->ifindex);
+		if (e && (e->flags & IF_EGRESS_KERNEL))
+			return pass(p, C_PASS_EGRESS);
+	}
 	if (p->cfg->engine == ENGINE_AFXDP) {
 		if (p->ctx->rx_queue_index >= MAX_QUEUES || !bpf_map_lookup_elem(&xsk_egress, &h->ifindex))
 			return pass(p, C_PASS_NO_XSK);

@@ -3,8 +3,9 @@
 # it is missing (safe to run again): clang/llvm and libbpf headers for the
 # BPF programs, iproute2 and ethtool for inspecting the lab by hand, ping
 # for the tests that check the kernel still answers what XDP passes it,
-# BIRD 2 for the control-plane test with a real routing daemon, and nft for
-# the tests that put a firewall in front of the fast path.
+# BIRD 2 for the control-plane test with a real routing daemon, and nft and
+# iptables-legacy for the tests that put a firewall in front of the fast
+# path.
 set -euo pipefail
 
 need=()
@@ -17,6 +18,7 @@ command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v bird >/dev/null 2>&1 || need+=(bird2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v iptables-legacy >/dev/null 2>&1 || need+=(iptables)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -2,12 +2,16 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/xdprouter/xdprouter/control/affinity"
+	"github.com/xdprouter/xdprouter/control/kernelpolicy"
+	"github.com/xdprouter/xdprouter/internal/netnsrun"
 )
 
 func newCheckCmd() *cobra.Command {
@@ -22,6 +26,11 @@ netdev_budget / netdev_budget_usecs / dev_weight / netdev_max_backlog,
 queue IRQs all on one CPU, queue IRQs off their worker's CPU, CPUs on
 another NUMA node than the NIC, irqbalance, hyper-threads sharing a core,
 and (on a live host) ring sizes below their maximum and coalescing.
+On a live host it also lists, per interface, what the fast path would
+honour natively and which frames the kernel's settings (forwarding
+switches, firewall, tc, policy rules) send to the kernel, and why: the
+policy the daemon applies (without bypass_firewall). For a namespace,
+run it under "ip netns exec NS".
 Exits 1 when a check finds a problem, for monitoring.`,
 		Example: `  xdprouter check
   xdprouter check --interval 5s eth1 eth2 --json`,
@@ -40,6 +49,13 @@ Exits 1 when a check finds a problem, for monitoring.`,
 			fs, err := affinity.Audit(h, ifs, p, affinity.AuditOptions{Interval: interval, Ethtool: f.root == "/"})
 			if err != nil {
 				return err
+			}
+			if f.root == "/" {
+				var names []string
+				for _, ifc := range ifs {
+					names = append(names, ifc.Name)
+				}
+				fs = append(fs, policyFindings("", names)...)
 			}
 			w := cmd.OutOrStdout()
 			if f.asJSON {
@@ -69,4 +85,61 @@ Exits 1 when a check finds a problem, for monitoring.`,
 	pf.DurationVarP(&interval, "interval", "i", time.Second, "time between the two softnet_stat readings")
 	pf.BoolVar(&f.asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// policyFindings reads the kernel's forwarding policy for the named
+// interfaces of namespace ("" = ours) as the daemon would: one finding
+// for what the fast path does natively and one for what goes to the
+// kernel, per interface, and one per family when every frame of it goes
+// to the kernel (a warning: the fast path is off for it).
+func policyFindings(namespace string, names []string) []affinity.Finding {
+	fail := func(err error) []affinity.Finding {
+		return []affinity.Finding{{Check: "kernel policy", Severity: affinity.Warn, Reading: err.Error(),
+			Fix: "run as root (CAP_NET_ADMIN reads nftables and tc)"}}
+	}
+	var idx []int
+	err := netnsrun.Do(namespace, func() error {
+		for _, n := range names {
+			ifc, err := net.InterfaceByName(n)
+			if err != nil {
+				return fmt.Errorf("interface %s: %w", n, err)
+			}
+			idx = append(idx, ifc.Index)
+		}
+		return nil
+	})
+	if err != nil {
+		return fail(err)
+	}
+	s, err := kernelpolicy.Read(namespace, idx, false)
+	if err != nil {
+		return fail(err)
+	}
+	const fix = "the kernel applies it to these frames; if it does not matter to forwarded traffic, bypass_firewall: true (docs/operator.md, dangerous)"
+	var out []affinity.Finding
+	for _, f := range []struct {
+		fam string
+		why []string
+	}{{"IPv4", s.Kernel4}, {"IPv6", s.Kernel6}} {
+		if len(f.why) == 0 {
+			out = append(out, affinity.Finding{Check: "fast path " + f.fam, Severity: affinity.OK, Reading: "no setting sends every frame to the kernel"})
+			continue
+		}
+		out = append(out, affinity.Finding{Check: "fast path " + f.fam, Severity: affinity.Warn,
+			Reading: "every frame to the kernel: " + strings.Join(f.why, "; "), Fix: fix})
+	}
+	for _, r := range s.Rules {
+		out = append(out, affinity.Finding{Check: "fast path rule", Severity: affinity.OK, Reading: r})
+	}
+	for _, i := range s.Interfaces {
+		out = append(out, affinity.Finding{Check: i.Name + " native", Severity: affinity.OK, Reading: strings.Join(i.Native, "; ")})
+		sev, fx := affinity.OK, ""
+		for _, k := range i.Kernel {
+			if strings.HasPrefix(k, "all: ") || strings.HasPrefix(k, "routed out of ") {
+				sev, fx = affinity.Warn, fix
+			}
+		}
+		out = append(out, affinity.Finding{Check: i.Name + " to the kernel", Severity: sev, Reading: strings.Join(i.Kernel, "; "), Fix: fx})
+	}
+	return out
 }

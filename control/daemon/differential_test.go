@@ -17,6 +17,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	vnl "github.com/vishvananda/netlink"
@@ -128,20 +129,18 @@ type dcase struct {
 	// with the fast path engines: what the case shows handled natively
 	// (forwarded counts to_afxdp with engine afxdp).
 	native map[xdp.Counter]uint64
-	// readNow re-reads the settings before sending: the kernel sends no
-	// notification for this one (send_redirects).
+	// readNow re-reads the settings before sending and after: the kernel
+	// sends no notification for this one (send_redirects, tcx).
 	readNow bool
 }
 
 func (c dcase) run(t *testing.T, l *lab.Lab, d *Daemon) []string {
 	t.Helper()
+	if c.readNow {
+		defer func() { _ = d.policy.Update() }() // after off and undo
+	}
 	if c.on != "" {
-		defer func() {
-			shIn(t, l.RouterNS, c.off)
-			if c.readNow {
-				_ = d.policy.Update()
-			}
-		}()
+		defer shIn(t, l.RouterNS, c.off)
 		shIn(t, l.RouterNS, c.on)
 	}
 	if c.setup != nil {
@@ -149,7 +148,7 @@ func (c dcase) run(t *testing.T, l *lab.Lab, d *Daemon) []string {
 	}
 	time.Sleep(50 * time.Millisecond) // notifications seen (the policy follows in ms)
 	if c.readNow {
-		// No notification (send_redirects): re-read every second; now.
+		// No notification (send_redirects, tcx): re-read every second; now.
 		if err := d.policy.Update(); err != nil {
 			t.Fatal(err)
 		}
@@ -196,6 +195,8 @@ func differentialCases(t *testing.T, l *lab.Lab) []dcase {
 			f.v6("2001:2:0:8000::1", d6, 64, 0), f.v6("2001:2:0:8000::1", d6, 1500, 0)}},
 		{name: "1 padded and trailing bytes (row 12)", wantSink: 2, native: map[xdp.Counter]uint64{xdp.Forwarded: 2}, frames: [][]byte{f.v4("10.1.1.2", d4, 46, 14), f.v6("2001:2:0:8000::2", d6, 62, 100)}},
 		{name: "2 another host's MAC (row 1)", wantSink: 0, frames: [][]byte{f.to(other).v4("10.1.1.3", d4, 64, 0), f.to(other).v6("2001:2:0:8000::3", d6, 64, 0)}},
+		{name: "2b another router interface's MAC (row 1)", wantSink: 0, native: map[xdp.Counter]uint64{xdp.PassOtherHost: 2},
+			frames: [][]byte{f.to(eth3.MAC).v4("10.1.1.4", d4, 64, 0), f.to(eth3.MAC).v6("2001:2:0:8000::4", d6, 64, 0)}},
 		{name: "3 ttl 1: time exceeded", wantSink: 0, frames: [][]byte{f.ttl(1).v4(g4, d4, 64, 0), f.ttl(1).v6(g6, d6, 64, 0)}},
 		{name: "4 no route: unreachable", wantSink: 0, frames: [][]byte{f.v4(g4, "203.0.113.5", 64, 0), f.v6(g6, "2001:db8::5", 64, 0)}},
 		{name: "5 own address as source (row 9)", wantSink: 1, native: map[xdp.Counter]uint64{xdp.PassMartian: 1, xdp.Forwarded: 1},
@@ -226,7 +227,18 @@ func differentialCases(t *testing.T, l *lab.Lab) []dcase {
 		{name: "13 tc ingress drop on eth1 (row 5b)", wantSink: 0, setup: tcDrop(t, l.RouterNS, eth1.Index),
 			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
 		{name: "13b tc egress drop on eth3 (row 5b)", wantSink: 0, setup: tcDropDir(t, l.RouterNS, eth3.Index, vnl.HANDLE_MIN_EGRESS),
+			native: map[xdp.Counter]uint64{xdp.PassEgress: 2},
+			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
+		{name: "13c tcx egress drop on eth3 (row 5b)", wantSink: 0, setup: tcxDrop(l.RouterNS, eth3.Index, ebpf.AttachTCXEgress), readNow: true,
+			native: map[xdp.Counter]uint64{xdp.PassEgress: 2},
+			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
+		{name: "13d tcx ingress drop on eth1 (row 5b)", wantSink: 0, setup: tcxDrop(l.RouterNS, eth1.Index, ebpf.AttachTCXIngress), readNow: true,
 			native: map[xdp.Counter]uint64{xdp.PassPolicy: 2},
+			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
+		{name: "13e shaping qdisc on eth2: what leaves by eth3 stays fast", wantSink: 2,
+			on:     "tc qdisc add dev " + l.Ingress[1].B.Name + " root tbf rate 10mbit burst 32kb latency 50ms",
+			off:    "tc qdisc del dev " + l.Ingress[1].B.Name + " root",
+			native: map[xdp.Counter]uint64{xdp.Forwarded: 2},
 			frames: [][]byte{f.v4("10.1.1.13", d4, 64, 0), f.v6("2001:2:0:8000::13", d6, 64, 0)}},
 		{name: "12b eth3 MTU 1400: small padded frames forwarded; over the MTU the kernel fragments (IPv4) or refuses (IPv6) (row 12)", wantSink: 4,
 			on: "ip link set eth3 mtu 1400", off: "ip link set eth3 mtu 1500", native: map[xdp.Counter]uint64{xdp.Forwarded: 2, xdp.PassMTU: 2},
@@ -466,6 +478,28 @@ func tcDropDir(t *testing.T, ns string, ifindex int, parent uint32) func(t *test
 			t.Fatal(err)
 		}
 		return undo
+	}
+}
+
+// tcxDrop returns a setup that attaches a tcx program dropping every
+// frame (TC_ACT_SHOT) to ifindex's ingress or egress, and its undo.
+func tcxDrop(ns string, ifindex int, attach ebpf.AttachType) func(t *testing.T) func() {
+	return func(t *testing.T) func() {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer prog.Close()
+		var l link.Link
+		if err := netnsrun.Do(ns, func() error {
+			var err error
+			l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: attach})
+			return err
+		}); err != nil {
+			t.Fatalf("attach tcx: %v", err)
+		}
+		return func() { l.Close() }
 	}
 }
 

@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/google/nftables"
 	vnl "github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -181,7 +183,8 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 
 	all4 := sysctl("ipv4/conf/all")
 	all6 := sysctl("ipv6/conf/all")
-	perIface := map[int][]string{} // ingress-only reasons to the kernel, per interface
+	perIface := map[int][]string{}  // ingress reasons to the kernel, per interface
+	perEgress := map[int][]string{} // egress reasons: frames routed out of the interface
 	for _, ifindex := range ifindexes {
 		l, ok := byIndex[ifindex]
 		if !ok {
@@ -192,17 +195,20 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 			return s, err
 		}
 		perIface[ifindex] = append(perIface[ifindex], tcIn...)
-		for _, why := range tcOut {
-			kernelBoth(why) // egress: any ingress may route there
-		}
+		perEgress[ifindex] = append(perEgress[ifindex], tcOut...)
 	}
 	if bypass {
 		s.Bypassed = slices.Concat(k4, k6, ruleWhy)
-		for _, r := range perIface {
-			s.Bypassed = append(s.Bypassed, r...)
+		for _, ifindex := range ifindexes {
+			s.Bypassed = append(s.Bypassed, perIface[ifindex]...)
+			s.Bypassed = append(s.Bypassed, perEgress[ifindex]...)
 		}
-		k4, k6, perIface = nil, nil, map[int][]string{}
+		k4, k6, perIface, perEgress = nil, nil, map[int][]string{}, map[int][]string{}
 		sel4, sel6, ruleWhy = nil, nil, nil
+	}
+	egressCheck := false
+	for _, why := range perEgress {
+		egressCheck = egressCheck || len(why) > 0
 	}
 	s.Rules4, s.Rules6, s.Rules = sel4, sel6, ruleWhy
 	// Not a firewall: never bypassed.
@@ -241,7 +247,10 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 		}
 		// Loose mode on an interface without an IPv4 address is strict in
 		// Linux (no_addr: a route back by another device fails).
-		addrs4, _ := vnl.AddrList(l, vnl.FAMILY_V4)
+		addrs4, err := vnl.AddrList(l, vnl.FAMILY_V4)
+		if err != nil {
+			return s, fmt.Errorf("list IPv4 addresses of %s: %w", name, err)
+		}
 		switch rp := max(all4.int("rp_filter"), c4.int("rp_filter")); {
 		case rp == 1 || rp >= 2 && len(addrs4) == 0:
 			pol.Flags |= xdp.RPFilter
@@ -261,6 +270,15 @@ func read(ifindexes []int, bypass bool) (Snapshot, error) {
 			for _, why := range perIface[ifindex] {
 				ifc.Kernel = append(ifc.Kernel, "all: "+why)
 			}
+		}
+		if len(perEgress[ifindex]) > 0 {
+			pol.Flags |= xdp.EgressKernel
+			for _, why := range perEgress[ifindex] {
+				ifc.Kernel = append(ifc.Kernel, "routed out of "+name+": "+why)
+			}
+		}
+		if egressCheck {
+			pol.Flags |= xdp.EgressCheck
 		}
 		if srcRoute {
 			pol.Flags |= xdp.SourceRoute
@@ -453,7 +471,11 @@ func nftablesHooks(byIndex map[int]vnl.Link) ([]nftHook, error) {
 		}
 		famName := map[nftables.TableFamily]string{nftables.TableFamilyIPv4: "ip", nftables.TableFamilyIPv6: "ip6",
 			nftables.TableFamilyINet: "inet", nftables.TableFamilyNetdev: "netdev"}[ch.Table.Family]
-		why := fmt.Sprintf("nftables table %s %s chain %s (hook %s, %d rules", famName, ch.Table.Name, ch.Name, hookName, len(rules))
+		plural := "s"
+		if len(rules) == 1 {
+			plural = ""
+		}
+		why := fmt.Sprintf("nftables table %s %s chain %s (hook %s, %d rule%s", famName, ch.Table.Name, ch.Name, hookName, len(rules), plural)
 		if drops {
 			why += ", policy drop"
 		}
@@ -465,7 +487,7 @@ func nftablesHooks(byIndex map[int]vnl.Link) ([]nftHook, error) {
 
 // tcOf lists what tc does on an interface: filters on its ingress (the
 // interface's frames to the kernel) and filters or shaping qdiscs on its
-// egress (every frame that could leave there to the kernel).
+// egress (the frames routed out of it to the kernel).
 func tcOf(l vnl.Link) (ingress, egress []string, err error) {
 	name := l.Attrs().Name
 	qdiscs, err := vnl.QdiscList(l)
@@ -500,6 +522,23 @@ func tcOf(l vnl.Link) (ingress, egress []string, err error) {
 		}
 		if len(fs) > 0 {
 			*dir.out = append(*dir.out, fmt.Sprintf("tc %s filters on %s (%d)", dir.what, name, len(fs)))
+		}
+	}
+	// tcx (Linux 6.6): BPF programs on the same hooks, without a qdisc.
+	for _, dir := range []struct {
+		attach ebpf.AttachType
+		out    *[]string
+		what   string
+	}{{ebpf.AttachTCXIngress, &ingress, "ingress"}, {ebpf.AttachTCXEgress, &egress, "egress"}} {
+		r, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: dir.attach})
+		if err != nil {
+			if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) {
+				continue // no tcx in this kernel
+			}
+			return nil, nil, fmt.Errorf("query tcx %s programs of %s: %w", dir.what, name, err)
+		}
+		if len(r.Programs) > 0 {
+			*dir.out = append(*dir.out, fmt.Sprintf("tcx %s programs on %s (%d)", dir.what, name, len(r.Programs)))
 		}
 	}
 	return dedupe(ingress), dedupe(egress), nil

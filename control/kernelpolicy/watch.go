@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -38,8 +40,12 @@ type Config struct {
 	// traffic. Dangerous: forwarded frames then skip them.
 	BypassFirewall bool
 	// Interval re-reads the settings the kernel sends no notification for
-	// (send_redirects, disable_ipv6, iptables tables); default 1 s.
+	// (send_redirects, disable_ipv6, tcx programs); default 1 s.
 	Interval time.Duration
+	// TablesInterval polls the legacy iptables table lists, which send no
+	// notification either but are a firewall (a table appearing sends the
+	// family to the kernel); default 5 ms.
+	TablesInterval time.Duration
 	// Logger logs what changed (default: discard).
 	Logger *slog.Logger
 }
@@ -50,6 +56,8 @@ type Config struct {
 type Watcher struct {
 	cfg    Config
 	fds    []int       // rtnetlink settings, IPv4 routes, nftables (when there)
+	tables []*os.File  // the namespace's legacy iptables table lists (when there)
+	seen   []byte      // their last content
 	bypass atomic.Bool // Config.BypassFirewall, changed by SetBypass
 	force  atomic.Bool // re-read at the next turn of Run
 	upMu   sync.Mutex  // serialises Update
@@ -73,6 +81,9 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 	if cfg.Interval == 0 {
 		cfg.Interval = time.Second
 	}
+	if cfg.TablesInterval == 0 {
+		cfg.TablesInterval = 5 * time.Millisecond
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -92,6 +103,12 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		}
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
 		w.fds = append(w.fds, fd)
+		// Opened here, the lists stay the namespace's.
+		for _, name := range legacyTables {
+			if f, err := os.Open("/proc/thread-self/net/" + name); err == nil {
+				w.tables = append(w.tables, f)
+			}
+		}
 		if fd, err = subscribe(unix.NETLINK_NETFILTER, []uint32{nfnlgrpNftables}); err == nil {
 			w.fds = append(w.fds, fd)
 		} else {
@@ -103,11 +120,35 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		w.Close()
 		return nil, err
 	}
+	w.tablesChanged()
 	if err := w.Update(); err != nil {
 		w.Close()
 		return nil, err
 	}
 	return w, nil
+}
+
+// legacyTables are the files listing the legacy iptables tables loaded in
+// a namespace (/proc/net).
+var legacyTables = []string{"ip_tables_names", "ip6_tables_names"}
+
+// tablesChanged reports whether the legacy iptables table lists changed
+// since the last call.
+func (w *Watcher) tablesChanged() bool {
+	var now []byte
+	var buf [512]byte
+	for _, f := range w.tables {
+		n, err := f.ReadAt(buf[:], 0)
+		if err != nil && err != io.EOF {
+			return true // unreadable: read the settings again
+		}
+		now = append(append(now, buf[:n]...), 0)
+	}
+	if bytes.Equal(now, w.seen) {
+		return false
+	}
+	w.seen = now
+	return true
 }
 
 func subscribe(proto int, groups []uint32) (int, error) {
@@ -222,6 +263,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 			pfds[i] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
 		}
 		wait := min(time.Until(next), 100*time.Millisecond)
+		if len(w.tables) > 0 {
+			wait = min(wait, w.cfg.TablesInterval)
+		}
 		n, err := unix.Poll(pfds, int(max(wait, 0)/time.Millisecond))
 		if err != nil && err != unix.EINTR {
 			return fmt.Errorf("poll netlink: %w", err)
@@ -250,6 +294,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 				}
 			}
 		}
+		if w.tablesChanged() {
+			changed, guard = true, true
+		}
 		if guard {
 			// A setting that changes what Linux forwards, and reading it
 			// takes milliseconds: meanwhile every frame goes to the
@@ -275,7 +322,10 @@ func (w *Watcher) Close() error {
 	for _, fd := range w.fds {
 		unix.Close(fd)
 	}
-	w.fds = nil
+	for _, f := range w.tables {
+		f.Close()
+	}
+	w.fds, w.tables = nil, nil
 	return nil
 }
 

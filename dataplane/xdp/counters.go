@@ -36,6 +36,7 @@ const (
 	PassPolicy
 	PassOtherHost
 	PassRule
+	PassEgress
 	DropMalformed
 	DropChecksum
 	DropBlackhole
@@ -50,6 +51,7 @@ var CounterNames = [numCounters]string{
 	"pass_martian", "pass_link_local", "pass_local", "pass_ttl", "pass_ip_options", "pass_ext_header",
 	"pass_no_route", "pass_unreachable", "pass_prohibit", "pass_kernel_route", "pass_neighbour",
 	"pass_mtu", "pass_no_xsk", "pass_no_forwarding", "pass_rp_filter", "pass_redirect", "pass_policy", "pass_other_host", "pass_rule",
+	"pass_egress",
 	"drop_malformed", "drop_checksum", "drop_blackhole", "drop_rp_filter",
 }
 
@@ -59,7 +61,7 @@ type Counters [numCounters]uint64
 // Passed is the number of frames given to the kernel, all reasons.
 func (c Counters) Passed() uint64 {
 	var n uint64
-	for i := PassEngine; i <= PassRule; i++ {
+	for i := PassEngine; i <= PassEgress; i++ {
 		n += c[i]
 	}
 	return n

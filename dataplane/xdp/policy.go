@@ -13,15 +13,17 @@ type PolicyFlag uint32
 
 // Policy flags. The zero Policy forwards everything forwardable.
 const (
-	NoForward4  PolicyFlag = 1 << iota // net.ipv4.conf.IF.forwarding = 0: IPv4 to the kernel
-	NoForward6                         // IPv6 forwarding off, or disable_ipv6: IPv6 to the kernel
-	Kernel4                            // every IPv4 frame to the kernel (firewall, tc, rules)
-	Kernel6                            // every IPv6 frame to the kernel
-	RPFilter                           // rp_filter strict (or loose with RPLoose): the source is checked on the FIB
-	Redirects                          // send_redirects on: IPv4 hairpin to the kernel (it sends the redirect)
-	MACCheck                           // unicast to another MAC than Policy.MAC goes to the kernel (Linux drops it, or an upper device takes it)
-	RPLoose                            // rp_filter=2: any usable route back to the source will do
-	SourceRoute                        // Linux looks every IPv4 source up (custom local routes or rules exist): sources in table local to the kernel
+	NoForward4   PolicyFlag = 1 << iota // net.ipv4.conf.IF.forwarding = 0: IPv4 to the kernel
+	NoForward6                          // IPv6 forwarding off, or disable_ipv6: IPv6 to the kernel
+	Kernel4                             // every IPv4 frame to the kernel (firewall, tc, rules)
+	Kernel6                             // every IPv6 frame to the kernel
+	RPFilter                            // rp_filter strict (or loose with RPLoose): the source is checked on the FIB
+	Redirects                           // send_redirects on: IPv4 hairpin to the kernel (it sends the redirect)
+	MACCheck                            // unicast to another MAC than Policy.MAC goes to the kernel (Linux drops it, or an upper device takes it)
+	RPLoose                             // rp_filter=2: any usable route back to the source will do
+	SourceRoute                         // Linux looks every IPv4 source up (custom local routes or rules exist): sources in table local to the kernel
+	EgressKernel                        // as an egress: frames routed out of this interface go to the kernel (tc egress filters, shaping qdisc)
+	EgressCheck                         // as an ingress: some egress has EgressKernel, so the program looks the egress up
 )
 
 // Policy is what the kernel's settings allow the fast path to do with an

@@ -559,6 +559,39 @@ func TestPolicy(t *testing.T) {
 	if err := r.prog.SetPolicy(r.in.Index, Policy{Flags: MACCheck}); err == nil {
 		t.Error("a MAC check without a MAC was accepted")
 	}
+	// Egress policy: frames routed out of an interface with tc egress
+	// filters or a shaping qdisc (EgressKernel) go to the kernel, when
+	// the ingress is told to look (EgressCheck); other egresses stay fast.
+	if err := lab.InNamespace(r.lab.RouterNS, func() error { return r.prog.Configure(r.out.Index, EngineXDP) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.prog.SetPolicy(r.out.Index, Policy{Flags: EgressKernel}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		flags   PolicyFlag
+		p       pkt
+		act     uint32
+		counter Counter
+	}{
+		{"egress with tc egress", EgressCheck, v4, actPass, PassEgress},
+		{"egress with tc egress, IPv6", EgressCheck, v6, actPass, PassEgress},
+		{"egress with tc egress, ingress not told to look", 0, v4, actRedirect, Forwarded},
+		{"another egress stays fast", EgressCheck, with(v4, func(p *pkt) { p.dst = "198.19.11.1" }), actRedirect, Forwarded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := r.prog.SetPolicy(r.in.Index, Policy{Flags: tc.flags}); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := r.prog.Counters(r.in.Index)
+			act, _ := r.run(t, r.frame(tc.p))
+			after, _ := r.prog.Counters(r.in.Index)
+			if act != tc.act || after[tc.counter] != before[tc.counter]+1 {
+				t.Fatalf("action %d, counters moved %v; want %d and %s", act, diff(before, after), tc.act, CounterNames[tc.counter])
+			}
+		})
+	}
 }
 
 // TestLocalFilter: the bit filter in front of local4 (filled by Go,

@@ -29,7 +29,7 @@ type routerBpfDevmapVal struct {
 
 type routerCounters struct {
 	_ structs.HostLayout
-	C [35]uint64
+	C [36]uint64
 }
 
 type routerFibEcmp struct {
