@@ -129,7 +129,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		if eff := capEff(t, st.PID); eff != want {
 			t.Errorf("daemon pid %d CapEff %#x, want exactly the unit's %v = %#x", st.PID, eff, caps, want)
 		}
-		checkAffinity(t, l, sock, st.PID) // threads pinned without CAP_SYS_NICE
+		checkAffinity(t, l, sock, st.PID) // threads pinned (their own: no CAP_SYS_NICE needed for that)
 		if len(st.Affinity) == 0 || st.Workers == 0 {
 			t.Errorf("status: affinity %v, %d workers; want the plan applied and workers running", st.Affinity, st.Workers)
 		}
@@ -156,6 +156,11 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		for _, w := range ss.Workers {
 			workers += w.Forwarded
 		}
+		for _, w := range ss.Workers {
+			if a, err := unix.SchedGetAttr(w.TID, 0); err != nil || a.Policy != unix.SCHED_FIFO {
+				t.Errorf("worker %d (tid %d): scheduling %+v (%v); want SCHED_FIFO (worker_priority)", w.Queue, w.TID, a, err)
+			}
+		}
 		if got.MatchedPackets != res.Sent || ss.Interfaces[l.Ingress[0].B.Name]["forwarded"] == 0 || workers == 0 {
 			t.Errorf("sink matched %d of %d; XDP forwarded %d, workers %d (want both engines forwarding)",
 				got.MatchedPackets, res.Sent, ss.Interfaces[l.Ingress[0].B.Name]["forwarded"], workers)
@@ -172,6 +177,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		"bpf":       "RLIMIT_MEMLOCK",
 		"perfmon":   "load router program",
 		"ipc_lock":  "XDP_UMEM_REG", // UMEM 16 MiB > RLIMIT_MEMLOCK
+		"sys_nice":  "SCHED_FIFO",   // the AF_XDP workers' real-time priority
 	}
 	type failCase struct {
 		name   string

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/control/kernelpolicy"
@@ -94,8 +96,11 @@ Exits 1 when a check finds a problem, for monitoring.`,
 // to the kernel (a warning: the fast path is off for it).
 func policyFindings(namespace string, names []string) []affinity.Finding {
 	fail := func(err error) []affinity.Finding {
-		return []affinity.Finding{{Check: "kernel policy", Severity: affinity.Warn, Reading: err.Error(),
-			Fix: "run as root (CAP_NET_ADMIN reads nftables and tc)"}}
+		f := affinity.Finding{Check: "kernel policy", Severity: affinity.Warn, Reading: err.Error()}
+		if errors.Is(err, unix.EPERM) {
+			f.Fix = "run as root (CAP_NET_ADMIN reads nftables and tc)"
+		}
+		return []affinity.Finding{f}
 	}
 	var idx []int
 	err := netnsrun.Do(namespace, func() error {

@@ -210,6 +210,9 @@ func (c Config) Validate() error {
 	if c.Queues < 0 || c.Queues > xdp.MaxQueues {
 		bad("queues", "%d: between 1 and %d (0: one per queue)", c.Queues, xdp.MaxQueues)
 	}
+	if c.WorkerPriority < -1 || c.WorkerPriority > 99 {
+		bad("worker_priority", "%d: a SCHED_FIFO priority 1-99 (0: the default, 1; -1: normal scheduling)", c.WorkerPriority)
+	}
 	if err := c.socketOptions().Validate(); err != nil {
 		bad("socket", "%v", err)
 	}

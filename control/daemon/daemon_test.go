@@ -28,6 +28,8 @@ func TestConfigValidate(t *testing.T) {
 		want       []string
 	}{
 		{"ok", "interfaces: [{name: eth1, engine: afxdp}, {name: eth3}]\n", nil},
+		{"normal priority workers", "interfaces: [{name: eth1, engine: afxdp}]\nworker_priority: -1\n", nil},
+		{"too low a priority", "interfaces: [{name: eth1, engine: afxdp}]\nworker_priority: -2\n", []string{"worker_priority"}},
 		{"empty", "{}\n", []string{"interfaces: none"}},
 		{"unknown field", "interfaces: [{name: eth1}]\nengnie: xdp\n", []string{"field engnie not found"}},
 		{"many", `interfaces:
@@ -39,13 +41,14 @@ table: -3
 cpus: [0, 999]
 housekeeping_cpus: [0]
 queues: 1000
+worker_priority: 100
 socket: {ring_size: 1000, frames: 10}
 metrics: "9470"
 control_socket: relative.sock
 pin_path: fs/bpf
 fib: {groups4: -1}
 `, []string{"interfaces[0].engine", "interfaces[1].name", "interfaces[2].name", "interfaces[3].name", "table", "cpus[1]",
-			"housekeeping_cpus[0]", "queues", "socket", "metrics", "control_socket", "pin_path", "fib.groups4"}},
+			"housekeeping_cpus[0]", "queues", "worker_priority", "socket", "metrics", "control_socket", "pin_path", "fib.groups4"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(tc.yaml))

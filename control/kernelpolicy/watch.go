@@ -54,15 +54,17 @@ type Config struct {
 // it re-reads them on every notification of links, rules, tc, netconf
 // (forwarding, rp_filter) and nftables, and every Interval.
 type Watcher struct {
-	cfg    Config
-	fds    []int       // rtnetlink settings, IPv4 routes, nftables (when there)
-	tables []*os.File  // the namespace's legacy iptables table lists (when there)
-	seen   []byte      // their last content
-	bypass atomic.Bool // Config.BypassFirewall, changed by SetBypass
-	force  atomic.Bool // re-read at the next turn of Run
-	upMu   sync.Mutex  // serialises Update
-	mu     sync.Mutex  // guards last
-	last   Snapshot
+	cfg     Config
+	fds     []int       // rtnetlink settings, IPv4 routes, nftables (when there)
+	tables  [2]*os.File // the namespace's legacy iptables table lists (legacyTables; nil until there)
+	seen    []byte      // their last content
+	buf     [512]byte   // one list, read every TablesInterval
+	scratch []byte      // the lists now
+	bypass  atomic.Bool // Config.BypassFirewall, changed by SetBypass
+	force   atomic.Bool // re-read at the next turn of Run
+	upMu    sync.Mutex  // serialises Update
+	mu      sync.Mutex  // guards last
+	last    Snapshot
 }
 
 // rtnlGroups are the rtnetlink groups whose messages can change a
@@ -103,12 +105,7 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		}
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
 		w.fds = append(w.fds, fd)
-		// Opened here, the lists stay the namespace's.
-		for _, name := range legacyTables {
-			if f, err := os.Open("/proc/thread-self/net/" + name); err == nil {
-				w.tables = append(w.tables, f)
-			}
-		}
+		w.openTables()
 		if fd, err = subscribe(unix.NETLINK_NETFILTER, []uint32{nfnlgrpNftables}); err == nil {
 			w.fds = append(w.fds, fd)
 		} else {
@@ -132,22 +129,38 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 // a namespace (/proc/net).
 var legacyTables = []string{"ip_tables_names", "ip6_tables_names"}
 
+// openTables opens the legacy iptables table lists not open yet; it runs
+// inside the namespace, and the files opened stay the namespace's. They
+// appear when the first legacy table is used (ip_tables loaded).
+func (w *Watcher) openTables() {
+	for i, name := range legacyTables {
+		if w.tables[i] == nil {
+			if f, err := os.Open("/proc/thread-self/net/" + name); err == nil {
+				w.tables[i] = f
+			}
+		}
+	}
+}
+
 // tablesChanged reports whether the legacy iptables table lists changed
 // since the last call.
 func (w *Watcher) tablesChanged() bool {
-	var now []byte
-	var buf [512]byte
+	now := w.scratch[:0]
 	for _, f := range w.tables {
-		n, err := f.ReadAt(buf[:], 0)
+		if f == nil {
+			continue
+		}
+		n, err := f.ReadAt(w.buf[:], 0)
 		if err != nil && err != io.EOF {
 			return true // unreadable: read the settings again
 		}
-		now = append(append(now, buf[:n]...), 0)
+		now = append(append(now, w.buf[:n]...), 0)
 	}
+	w.scratch = now
 	if bytes.Equal(now, w.seen) {
 		return false
 	}
-	w.seen = now
+	w.seen = append(w.seen[:0], now...)
 	return true
 }
 
@@ -263,7 +276,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			pfds[i] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
 		}
 		wait := min(time.Until(next), 100*time.Millisecond)
-		if len(w.tables) > 0 {
+		if w.tables[0] != nil || w.tables[1] != nil {
 			wait = min(wait, w.cfg.TablesInterval)
 		}
 		n, err := unix.Poll(pfds, int(max(wait, 0)/time.Millisecond))
@@ -310,6 +323,14 @@ func (w *Watcher) Run(ctx context.Context) error {
 			continue
 		}
 		next = time.Now().Add(w.cfg.Interval)
+		if w.tables[0] == nil || w.tables[1] == nil {
+			// ip_tables loaded since (by the first legacy rule): the
+			// lists are polled from now on.
+			_ = netnsrun.Do(w.cfg.Namespace, func() error { w.openTables(); return nil })
+			if w.tablesChanged() {
+				w.guard()
+			}
+		}
 		if err := w.Update(); err != nil {
 			w.cfg.Logger.Error("read kernel policy", "err", err)
 		}
@@ -322,10 +343,13 @@ func (w *Watcher) Close() error {
 	for _, fd := range w.fds {
 		unix.Close(fd)
 	}
-	for _, f := range w.tables {
-		f.Close()
+	for i, f := range w.tables {
+		if f != nil {
+			f.Close()
+			w.tables[i] = nil
+		}
 	}
-	w.fds, w.tables = nil, nil
+	w.fds = nil
 	return nil
 }
 

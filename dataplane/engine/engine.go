@@ -68,8 +68,10 @@ type Config struct {
 	// while the ring fills (TestRouteChange lost frames so, 1 run in 3
 	// on this VM). It sleeps when idle, so it takes only the CPU its
 	// traffic needs; with a negative Spin it takes the whole CPU (less
-	// the kernel's real-time throttling, 5 %). Without CAP_SYS_NICE
-	// workers stay at normal priority (logged).
+	// the kernel's real-time throttling, 5 %), so with a negative Spin
+	// the default is normal priority. Without CAP_SYS_NICE the engine
+	// does not start (say -1 to run without). Each running worker adds a P to
+	// GOMAXPROCS, so Go never makes a woken worker wait for one.
 	Priority int
 }
 
@@ -80,6 +82,7 @@ type Engine struct {
 	workers []*worker
 	ports   map[int][]*port // by ifindex, by queue (nil where none)
 	stopped bool
+	procs   int // Ps reserved for the workers (reserveProcs)
 }
 
 // Validate reports every problem of the config at once.
@@ -125,6 +128,9 @@ func Start(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	switch {
+	case cfg.Priority == 0 && cfg.Spin < 0:
+		// A worker that never sleeps would starve the softirq
+		// (ksoftirqd) that fills its rings: normal priority.
 	case cfg.Priority == 0:
 		cfg.Priority = 1
 	case cfg.Priority < 0:
@@ -156,12 +162,15 @@ func Start(cfg Config) (*Engine, error) {
 			return nil, err
 		}
 	}
+	reserveProcs(len(e.workers))
+	e.procs = len(e.workers)
 	for _, w := range e.workers {
 		started := make(chan error, 1)
 		go w.run(started)
 		if err := <-started; err != nil {
 			e.closeAll()
-			return nil, fmt.Errorf("pin worker %d to CPU %d: %w", w.q, w.cpu, err)
+			reserveProcs(-e.procs)
+			return nil, fmt.Errorf("start worker %d on CPU %d: %w", w.q, w.cpu, err)
 		}
 	}
 	for _, ifindex := range slices.Concat(cfg.Interfaces, cfg.Egress) {
@@ -334,6 +343,8 @@ func (e *Engine) Stop() error {
 	}
 	errs = append(errs, e.leaks())
 	e.closeAll()
+	reserveProcs(-e.procs)
+	e.procs = 0
 	slog.Info("afxdp engine stopped")
 	return errors.Join(errs...)
 }
@@ -471,4 +482,32 @@ func (e *Engine) Watch(ctx context.Context) error {
 			e.mu.Unlock()
 		}
 	}
+}
+
+// Go's scheduler runs a goroutine only on one of GOMAXPROCS Ps. A worker
+// returning from poll(2) needs one: with every P taken (by the
+// generator's pacing threads in the lab, by a burst of route updates in
+// the daemon), the woken worker's goroutine waited in the run queue for
+// a Go preemption (10 ms and more) while its ring filled, whatever its
+// real-time priority. So each running worker reserves a P of its own, on
+// top of the process's GOMAXPROCS: the kernel alone then decides when a
+// worker runs.
+var (
+	procsMu    sync.Mutex
+	procsBase  int // GOMAXPROCS before the first reservation
+	procsExtra int // Ps reserved for running workers
+)
+
+// reserveProcs adds n Ps for workers (negative: gives them back).
+func reserveProcs(n int) {
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	if n == 0 {
+		return
+	}
+	if procsExtra == 0 {
+		procsBase = runtime.GOMAXPROCS(0)
+	}
+	procsExtra += n
+	runtime.GOMAXPROCS(procsBase + procsExtra)
 }

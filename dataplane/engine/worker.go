@@ -1,7 +1,7 @@
 package engine
 
 import (
-	"log/slog"
+	"fmt"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -120,7 +120,8 @@ func (w *worker) run(started chan<- error) {
 		// only the CPU its traffic needs.
 		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: uint32(w.prio)}
 		if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
-			slog.Warn("afxdp worker stays at normal priority", "cpu", w.cpu, "sched_fifo", w.prio, "err", err)
+			started <- fmt.Errorf("SCHED_FIFO %d: %w (needs CAP_SYS_NICE; worker_priority -1 runs workers at normal priority)", w.prio, err)
+			return
 		}
 	}
 	started <- nil
