@@ -1,9 +1,6 @@
 package daemon
 
 import (
-	"context"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -11,9 +8,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
-	"github.com/xdprouter/xdprouter/bench/gen"
-	"github.com/xdprouter/xdprouter/bench/sink"
-	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/internal/netnsrun"
 )
 
@@ -25,31 +19,8 @@ import (
 // nftables transaction returned) to the sink's last frame. Reported: p50
 // and max (the p99 of 20) in ms.
 func BenchmarkFirewallFollow(b *testing.B) {
-	l := labtest.Up(b, 2)
-	cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(b.TempDir(), "x.sock"),
-		CPUs:       []int{0, 1 % runtime.NumCPU()},
-		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "xdp"}, {Name: l.Ingress[1].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "xdp"}},
-		FIB:        FIBConfig{Groups4: 256, Groups6: 256, Nexthops: 64}}
-	d, err := Start(context.Background(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer d.Stop()
-	sk, err := sink.Attach(l.SinkNS, []string{l.Egress.B.Name}, sink.DefaultPort)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sk.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: gen.LabLinks(l), CPUs: []int{0}, Rate: 100000, Duration: time.Minute})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer g.Close()
-	sent := make(chan error, 1)
-	go func() { _, err := g.Run(ctx); sent <- err }()
-	defer func() { cancel(); <-sent }()
+	f := startFlow(b)
+	l := f.l
 	// nft runs one nftables transaction in the router namespace (through
 	// the library: the time measured is the kernel's commit, not a
 	// process start) and returns when it is committed.
@@ -73,13 +44,7 @@ func BenchmarkFirewallFollow(b *testing.B) {
 	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: "xft"}
 	chain := &nftables.Chain{Name: "c1", Table: table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter}
-	count := func() uint64 {
-		c, err := sk.Counters()
-		if err != nil {
-			b.Fatal(err)
-		}
-		return c.MatchedPackets
-	}
+	count := f.matched
 	// flowing waits until the sink receives again.
 	flowing := func() {
 		n := count()

@@ -1,21 +1,15 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/xdprouter/xdprouter/bench/gen"
-	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
-	"github.com/xdprouter/xdprouter/internal/labtest"
 )
 
 // TestLegacyIptables: a legacy iptables table sends no notification, yet
@@ -26,39 +20,9 @@ import (
 // is logged (the table lists are polled every 5 ms). A legacy table only
 // goes with its namespace, so the test has a lab of its own.
 func TestLegacyIptables(t *testing.T) {
-	l := labtest.Up(t, 2)
 	ensureIptablesLegacy(t)
-	cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(t.TempDir(), "x.sock"),
-		CPUs:       []int{0, 1 % runtime.NumCPU()},
-		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "xdp"}, {Name: l.Ingress[1].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "xdp"}},
-		FIB:        FIBConfig{Groups4: 256, Groups6: 256, Nexthops: 64}}
-	d, err := Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Stop()
-	sk, err := sink.Attach(l.SinkNS, []string{l.Egress.B.Name}, sink.DefaultPort)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sk.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	g, err := gen.New(gen.Config{Namespace: l.GenNS, Links: gen.LabLinks(l), CPUs: []int{0}, Rate: 100000, Duration: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	sent := make(chan error, 1)
-	go func() { _, err := g.Run(ctx); sent <- err }()
-	defer func() { cancel(); <-sent }()
-	count := func() uint64 {
-		c, err := sk.Counters()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.MatchedPackets
-	}
+	f := startFlow(t)
+	l, d, count := f.l, f.d, f.matched
 	counters := func() (c xdp.Counters) {
 		for _, in := range l.Ingress {
 			ci, err := d.prog.SumCounters(in.B.Index)
