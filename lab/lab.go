@@ -1,4 +1,4 @@
-// Package lab builds the router experiment of the Greenhost text in network
+// Package lab builds a router test bed (generator, router, sink) in network
 // namespaces joined by multi-queue veth pairs: a generator namespace with two
 // links into the router namespace (eth1, eth2), and the router's egress eth3
 // into a sink namespace. The destination prefix is routed via a gateway that

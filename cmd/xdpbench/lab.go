@@ -13,7 +13,7 @@ func newLabCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "lab",
 		Short: "Bring the router lab up or down, or show it",
-		Long: `The lab is the router experiment of the Greenhost text in network namespaces:
+		Long: `The lab is a router test bed in network namespaces:
 xdpl-NAME-gen (gen1, gen2) -> xdpl-NAME-rtr (eth1, eth2 ... eth3) -> xdpl-NAME-sink (sink0).
 The router routes the destination prefixes via 198.18.3.254 / 2001:2:0:3::fe,
 gateways that do not exist but have permanent neighbour entries with the

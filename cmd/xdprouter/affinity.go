@@ -81,8 +81,8 @@ func newAffinityCmd() *cobra.Command {
 		Short: "Show, plan, apply and restore queue, IRQ, XPS and RPS affinity",
 		Long: `Finds each NIC queue's IRQ in /proc/interrupts (IF-TxRx-N, IF-rx-N/IF-tx-N,
 virtioN-input.N/-output.N, mlx5_compN@pci:ADDR) and places queue q of every
-interface, its IRQs and its XPS mask on CPU plan[q], as the Greenhost
-router text did by hand. The default CPU set is the online CPUs on the
+interface, its IRQs and its XPS mask on CPU plan[q], as router tuning
+guides do by hand. The default CPU set is the online CPUs on the
 NIC's NUMA node, one thread per physical core, without isolated CPUs and
 the --housekeeping ones. Nothing changes unless 'apply' is run; 'restore'
 puts back exactly what apply changed.`,

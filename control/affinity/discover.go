@@ -1,8 +1,8 @@
 // Package affinity finds each NIC queue's IRQ and the host's CPUs, plans
 // queue q of every interface, its IRQ, its XPS mask and worker q onto one
-// CPU, and renders the plan and the current state as the router text's
-// table: what the seed texts do by hand with /proc/interrupts,
-// smp_affinity and rps_cpus.
+// CPU, and renders the plan and the current state as one table (queue,
+// IRQ, XPS, CPU): what router tuning guides do by hand with
+// /proc/interrupts, smp_affinity and rps_cpus.
 //
 // Everything is read below a root directory: "/" on a real host, or a
 // recorded tree (testdata/NAME) holding the same /proc and /sys files.

@@ -3,7 +3,8 @@
 // only; never its Program or Attach), registered in the router program's
 // XSKMAP. Copy mode is what veth offers; zero-copy where a driver has it.
 //
-// Known weaknesses of the library this layer guards (DESIGN.md): GetDescs
+// Known weaknesses of the library (read in its source, at the version in
+// go.mod) that this layer guards: GetDescs
 // scans every frame (never called here: the socket keeps its own frame
 // accounting), Transmit calls sendto every time and panics on an
 // unexpected errno (Send recovers and returns an error), Complete does not
