@@ -13,6 +13,7 @@ import (
 
 	"github.com/xdprouter/xdprouter/control/affinity"
 	"github.com/xdprouter/xdprouter/control/kernelpolicy"
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
 	"github.com/xdprouter/xdprouter/internal/netnsrun"
 )
 
@@ -138,11 +139,11 @@ func policyFindings(namespace string, names []string) []affinity.Finding {
 	}
 	for _, i := range s.Interfaces {
 		out = append(out, affinity.Finding{Check: i.Name + " native", Severity: affinity.OK, Reading: strings.Join(i.Native, "; ")})
+		// Whole families or everything routed out of it to the kernel:
+		// the fast path is (partly) off here.
 		sev, fx := affinity.OK, ""
-		for _, k := range i.Kernel {
-			if strings.HasPrefix(k, "all: ") || strings.HasPrefix(k, "routed out of ") {
-				sev, fx = affinity.Warn, fix
-			}
+		if s.Policies[i.Ifindex].Flags&(xdp.Kernel4|xdp.Kernel6|xdp.EgressKernel) != 0 {
+			sev, fx = affinity.Warn, fix
 		}
 		out = append(out, affinity.Finding{Check: i.Name + " to the kernel", Severity: sev, Reading: strings.Join(i.Kernel, "; "), Fix: fx})
 	}
