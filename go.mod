@@ -3,7 +3,6 @@ module github.com/xdprouter/xdprouter
 go 1.26.8
 
 require (
-	github.com/asavie/xdp v0.3.3
 	github.com/cilium/ebpf v0.22.0
 	github.com/gaissmai/bart v0.30.0
 	github.com/google/gopacket v1.1.19

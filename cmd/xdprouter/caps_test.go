@@ -176,7 +176,7 @@ fib: {groups4: 64, groups6: 64, nexthops: 64}
 		"net_raw":   "AF_XDP socket",
 		"bpf":       "RLIMIT_MEMLOCK",
 		"perfmon":   "load router program",
-		"ipc_lock":  "XDP_UMEM_REG", // UMEM 16 MiB > RLIMIT_MEMLOCK
+		"ipc_lock":  "XDP_UMEM_REG", // a worker's UMEM (16 MiB per socket) > RLIMIT_MEMLOCK
 		"sys_nice":  "SCHED_FIFO",   // the AF_XDP workers' real-time priority
 	}
 	type failCase struct {

@@ -9,7 +9,7 @@ import (
 )
 
 // BenchmarkWorker measures the worker's own cost per frame: receive,
-// parse, FIB lookup, rewrite and copy into the egress socket's send frame,
+// parse, FIB lookup, rewrite and move to the egress socket's tx ring,
 // on frames waiting in the rx ring (sent by the generator beforehand),
 // excluding sendto (the kernel's copy and transmit), which runs with the
 // timer stopped. One op is one frame.
@@ -20,7 +20,7 @@ func BenchmarkWorker(b *testing.B) {
 			e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
 				Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 256},
 				ports: map[int][]*port{}}
-			w := newWorker(e, 0, -1)
+			w := newTestWorker(b, e)
 			e.workers = []*worker{w}
 			defer e.Stop()
 			for _, ifindex := range []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index, r.lab.Egress.A.Index} {
@@ -52,7 +52,7 @@ func BenchmarkWorker(b *testing.B) {
 					b.Fatal(err)
 				}
 				deadline := time.Now().Add(time.Second)
-				for in.s.NumReceived() < 1400 && time.Now().Before(deadline) {
+				for in.s.Rings().Rx < 1400 && time.Now().Before(deadline) {
 					time.Sleep(100 * time.Microsecond)
 				}
 				b.StartTimer()
@@ -74,7 +74,7 @@ func BenchmarkWorker(b *testing.B) {
 					for _, p := range w.ports {
 						p.s.Reap()
 					}
-					if w.ports[len(w.ports)-1].s.Frames().TxInFlight == 0 {
+					if w.ports[len(w.ports)-1].s.TxInFlight() == 0 {
 						break
 					}
 					time.Sleep(time.Millisecond)

@@ -1,11 +1,12 @@
 // Package engine is the AF_XDP forwarding engine: worker q is a goroutine
 // locked to an OS thread pinned to CPU plan[q], and it alone owns queue q
-// of every interface (one AF_XDP socket each), so no ring has two users
-// and nothing is locked on the hot path. A worker receives a batch from
-// each of its sockets, looks the batch up in the FIB, rewrites each frame
-// (MACs, TTL or hop limit, checksum), copies it into a send frame of the
-// egress interface's socket for the same queue, kicks transmission, reaps
-// completions and refills.
+// of every interface (one AF_XDP socket each, all over one UMEM of the
+// worker's), so no ring has two users and nothing is locked on the hot
+// path. A worker receives a batch from each of its sockets, looks the
+// batch up in the FIB, rewrites each frame in place (MACs, TTL or hop
+// limit, checksum), moves its descriptor to the tx ring of the egress
+// interface's socket for the same queue (no copy), kicks transmission,
+// reaps completions and refills the fill rings.
 package engine
 
 import (
@@ -149,12 +150,20 @@ func Start(cfg Config) (*Engine, error) {
 		cfg.Queues = min(cfg.Queues, xdp.MaxQueues)
 	}
 	e := &Engine{cfg: cfg, ports: map[int][]*port{}}
+	// Each worker's UMEM holds Frames for each socket it will have.
+	so := cfg.Socket.WithDefaults()
+	frames := so.Frames * len(slices.Concat(cfg.Interfaces, cfg.Egress))
 	for q := range cfg.Queues {
 		cpu := q % runtime.NumCPU()
 		if q < len(cfg.CPUs) {
 			cpu = cfg.CPUs[q]
 		}
-		e.workers = append(e.workers, newWorker(e, q, cpu))
+		u, err := xsk.NewUMEM(frames, so.FrameSize)
+		if err != nil {
+			e.closeAll()
+			return nil, fmt.Errorf("worker %d: %w", q, err)
+		}
+		e.workers = append(e.workers, newWorker(e, q, cpu, u))
 	}
 	for _, ifindex := range slices.Concat(cfg.Interfaces, cfg.Egress) {
 		if err := e.open(ifindex); err != nil {
@@ -168,6 +177,14 @@ func Start(cfg Config) (*Engine, error) {
 		started := make(chan error, 1)
 		go w.run(started)
 		if err := <-started; err != nil {
+			// The workers started before this one stop first: closeAll
+			// takes their sockets and UMEMs.
+			for _, o := range e.workers {
+				if o.tid.Load() != 0 {
+					o.stop.Store(true)
+					<-o.done
+				}
+			}
 			e.closeAll()
 			reserveProcs(-e.procs)
 			return nil, fmt.Errorf("start worker %d on CPU %d: %w", w.q, w.cpu, err)
@@ -193,11 +210,13 @@ func (e *Engine) open(ifindex int) error {
 	}
 	ports := make([]*port, len(e.workers))
 	for q := range min(n, len(e.workers)) {
-		s, err := xsk.Open(e.cfg.Namespace, ifindex, q, e.cfg.Socket)
+		w := e.workers[q]
+		s, err := xsk.Open(e.cfg.Namespace, ifindex, q, w.umem, e.cfg.Socket)
 		if err != nil {
-			for _, p := range ports {
+			for q, p := range ports {
 				if p != nil {
 					p.s.Close()
+					e.workers[q].do(func(w *worker) { w.umem.Reclaim(p.s) })
 				}
 			}
 			return err
@@ -248,6 +267,9 @@ func (e *Engine) publish(ifindex int) error {
 	}
 	for q, p := range ports {
 		if p != nil {
+			// Frames to receive into before the first is steered here
+			// (an empty fill ring drops them: rx_fill_ring_empty_descs).
+			e.workers[q].do(func(w *worker) { p.s.TopUp(0) })
 			p.recv.Store(true)
 			if err := p.s.Register(e.cfg.Program.XSKMap(), slot*xdp.MaxQueues+uint32(q)); err != nil {
 				return err
@@ -309,12 +331,16 @@ func (e *Engine) remove(ifindex int) error {
 		if p == nil {
 			continue
 		}
-		e.workers[q].do(func(w *worker) {
+		w := e.workers[q]
+		w.do(func(w *worker) {
 			w.ports = slices.DeleteFunc(w.ports, func(p *port) bool { return p.ifindex == ifindex })
 		})
 		if cerr := p.s.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("close AF_XDP socket ifindex %d queue %d: %w", ifindex, q, cerr))
+			err = errors.Join(err, cerr)
 		}
+		// What the kernel held through the socket (its fill ring, the
+		// driver) is the worker's again.
+		w.do(func(w *worker) { w.umem.Reclaim(p.s) })
 	}
 	delete(e.ports, ifindex)
 	return err
@@ -349,31 +375,45 @@ func (e *Engine) Stop() error {
 	return errors.Join(errs...)
 }
 
-// ErrLeak is returned by Stop when a socket's frames are not all back
-// where they belong after draining.
+// ErrLeak is returned by Stop when a worker's frames are not all where
+// they belong after draining: a frame lost, used twice, still in flight
+// or on a ring twice.
 var ErrLeak = errors.New("AF_XDP frame accounting")
 
+// leaks checks every worker's UMEM at rest: its own accounting (free list,
+// owners, faults), nothing in flight on a tx or rx ring, and each socket
+// owning at least the frames on its rings (fewer would mean a frame on a
+// ring it does not own). Frames a socket owns beyond its rings are held
+// by the kernel's receive path (copy mode keeps a few after a full rx
+// ring) and come back when it closes.
 func (e *Engine) leaks() error {
 	var errs []error
-	for ifindex, ports := range e.ports {
-		for q, p := range ports {
-			if p == nil {
-				continue
-			}
-			f := p.s.Frames()
-			if f.Fill+f.RxRing+f.Spare != f.RxTotal || f.TxInFlight != 0 {
-				errs = append(errs, fmt.Errorf("%w: ifindex %d queue %d: %+v", ErrLeak, ifindex, q, f))
+	for _, w := range e.workers {
+		if err := w.umem.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("%w: worker %d: %w", ErrLeak, w.q, err))
+		}
+		a := w.umem.Account()
+		for _, p := range w.ports {
+			r := p.s.Rings()
+			held := a.Kernel[p.s.Slot()]
+			if r.Rx != 0 || r.Tx != 0 || r.Completion != 0 || held < r.Fill {
+				errs = append(errs, fmt.Errorf("%w: ifindex %d queue %d: rings %+v, %d frames owned", ErrLeak, p.ifindex, p.queue, r, held))
 			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// closeAll closes every socket, gives their frames back to the workers'
+// UMEMs, and unmaps the UMEMs of workers that do not run.
 func (e *Engine) closeAll() {
-	for _, ports := range e.ports {
-		for _, p := range ports {
+	for ifindex, ports := range e.ports {
+		for q, p := range ports {
 			if p != nil {
-				p.s.Close()
+				if err := p.s.Close(); err != nil {
+					slog.Warn("close AF_XDP socket", "ifindex", ifindex, "queue", q, "err", err)
+				}
+				e.workers[q].umem.Reclaim(p.s)
 			}
 		}
 	}
@@ -381,6 +421,9 @@ func (e *Engine) closeAll() {
 	for _, w := range e.workers {
 		if w.tid.Load() == 0 {
 			w.r.Close()
+		}
+		if err := w.umem.Close(); err != nil {
+			slog.Warn("unmap UMEM", "worker", w.q, "err", err)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 	"github.com/xdprouter/xdprouter/dataplane/xdp"
+	"github.com/xdprouter/xdprouter/dataplane/xsk"
 	"github.com/xdprouter/xdprouter/internal/labtest"
 	"github.com/xdprouter/xdprouter/lab"
 )
@@ -354,14 +355,25 @@ func TestFlap(t *testing.T) {
 	}
 }
 
-// TestRoundAllocs: a worker round that receives, looks up, rewrites,
-// copies and sends real frames allocates nothing.
+// newTestWorker makes worker 0 of e, unpinned and not started, with a
+// UMEM for three sockets.
+func newTestWorker(tb testing.TB, e *Engine) *worker {
+	tb.Helper()
+	u, err := xsk.NewUMEM(3*8192, 2048)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return newWorker(e, 0, -1, u)
+}
+
+// TestRoundAllocs: a worker round that receives, looks up, rewrites and
+// sends real frames allocates nothing.
 func TestRoundAllocs(t *testing.T) {
 	r := newRig(t, 1)
 	e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
 		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 64, Spin: time.Millisecond},
 		ports: map[int][]*port{}}
-	w := newWorker(e, 0, -1) // not started: this goroutine drives it
+	w := newTestWorker(t, e) // not started: this goroutine drives it
 	e.workers = []*worker{w}
 	defer func() {
 		if err := e.Stop(); err != nil {

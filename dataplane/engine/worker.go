@@ -27,7 +27,7 @@ const (
 	DropNeighbour               // nexthop missing or not resolved
 	DropMTU                     // larger than the egress MTU
 	DropNoEgress                // no socket of this worker on the egress interface
-	DropTxFull                  // no free send frame or tx ring slot
+	DropTxFull                  // no free tx ring slot
 	numReasons
 )
 
@@ -64,6 +64,7 @@ type worker struct {
 	cpu   int
 	tid   atomic.Int64
 	ports []*port
+	umem  *xsk.UMEM // packet memory shared by the worker's sockets
 	cmd   chan func(*worker)
 	stop  atomic.Bool
 	done  chan struct{}
@@ -74,24 +75,25 @@ type worker struct {
 	c     counters
 
 	// per-round scratch, reused: never allocated on the hot path
-	a4   []uint32
-	i4   []int32
-	r4   []fib.Result
-	a6   [][16]byte
-	i6   []int32
-	r6   []fib.Result
-	res  []fib.Result
-	ok   []bool
-	drop [numReasons]uint64
-	pfds []unix.PollFd
-	prio int // SCHED_FIFO priority; 0: normal scheduling
+	descs []xsk.Desc
+	a4    []uint32
+	i4    []int32
+	r4    []fib.Result
+	a6    [][16]byte
+	i6    []int32
+	r6    []fib.Result
+	res   []fib.Result
+	ok    []bool
+	drop  [numReasons]uint64
+	pfds  []unix.PollFd
+	prio  int // SCHED_FIFO priority; 0: normal scheduling
 }
 
-func newWorker(e *Engine, q, cpu int) *worker {
+func newWorker(e *Engine, q, cpu int, u *xsk.UMEM) *worker {
 	b := e.cfg.Batch
-	return &worker{e: e, q: q, cpu: cpu, cmd: make(chan func(*worker)), done: make(chan struct{}),
+	return &worker{e: e, q: q, cpu: cpu, umem: u, cmd: make(chan func(*worker)), done: make(chan struct{}),
 		r: e.cfg.Table.NewReader(), batch: b, spin: e.cfg.Spin, prio: e.cfg.Priority,
-		a4: make([]uint32, b), i4: make([]int32, b), r4: make([]fib.Result, b),
+		descs: make([]xsk.Desc, b), a4: make([]uint32, b), i4: make([]int32, b), r4: make([]fib.Result, b),
 		a6: make([][16]byte, b), i6: make([]int32, b), r6: make([]fib.Result, b),
 		res: make([]fib.Result, b), ok: make([]bool, b)}
 }
@@ -158,8 +160,9 @@ func (w *worker) run(started chan<- error) {
 	w.drain()
 }
 
-// round receives a batch from each socket, forwards it, sends and reaps;
-// it returns the number of frames received.
+// round receives a batch from each socket and forwards it (descriptor
+// moves within the worker's UMEM), sends, reaps completions and refills
+// the fill rings; it returns the number of frames received.
 func (w *worker) round() int {
 	// Time one round in timeSample: the clock is not free (about 100 ns
 	// under kvm-clock here), so the work and sendto times are sampled.
@@ -177,11 +180,7 @@ func (w *worker) round() int {
 	}
 	if got == 0 {
 		// Completions still come in after the last frame.
-		for _, p := range w.ports {
-			if n := p.s.Reap(); n > 0 {
-				p.tx.Add(uint64(n))
-			}
-		}
+		w.reap()
 		return 0
 	}
 	var kstart time.Time
@@ -191,7 +190,7 @@ func (w *worker) round() int {
 	var kicks, kerr uint64
 	for _, p := range w.ports {
 		if len(p.pending) > 0 {
-			k, err := p.s.Send(p.pending)
+			_, k, err := p.s.Send(p.pending)
 			kicks += uint64(k)
 			if err != nil {
 				kerr++
@@ -199,11 +198,7 @@ func (w *worker) round() int {
 			p.pending = p.pending[:0]
 		}
 	}
-	for _, p := range w.ports {
-		if n := p.s.Reap(); n > 0 {
-			p.tx.Add(uint64(n))
-		}
-	}
+	w.reap()
 	if timed {
 		end := time.Now()
 		w.c.workNs.Add(timeSample * uint64(kstart.Sub(start)))
@@ -223,27 +218,45 @@ func (w *worker) round() int {
 	return got
 }
 
+// reap frees completed sends and refills the receiving sockets' fill
+// rings from the free list.
+func (w *worker) reap() {
+	for _, p := range w.ports {
+		if n := p.s.Reap(); n > 0 {
+			p.tx.Add(uint64(n))
+		}
+	}
+	for _, p := range w.ports {
+		if p.recv.Load() {
+			p.s.TopUp(0)
+		}
+	}
+}
+
 // timeSample is one in how many rounds is timed.
 const timeSample = 16
 
-// receive forwards one batch from p; frames are copied to the egress
-// socket's send frames and p's frames go back to its fill ring.
+// receive forwards one batch from p: each frame is rewritten in place
+// and its descriptor queued on the egress socket's tx ring (same UMEM),
+// or dropped back to the free list.
 func (w *worker) receive(p *port) int {
-	descs := p.s.Receive(w.batch)
+	descs := w.descs[:p.s.Receive(w.descs)]
 	n := len(descs)
 	if n == 0 {
 		return 0
 	}
+	u := w.umem
 	var bytes uint64
 	n4, n6 := 0, 0
 	for i := range descs {
-		f := p.s.GetFrame(descs[i])
+		f := u.Bytes(descs[i])
 		bytes += uint64(len(f))
 		fam, a4, err := packet.Dst(f, &w.a6[n6])
 		w.ok[i] = err == nil
 		switch {
 		case err != nil:
 			w.drop[DropMalformed]++
+			u.Drop(descs[i].Addr)
 		case fam == 4:
 			w.a4[n4], w.i4[n4] = a4, int32(i)
 			n4++
@@ -279,24 +292,25 @@ func (w *worker) receive(p *port) int {
 		if !w.ok[i] {
 			continue
 		}
-		f := p.s.GetFrame(descs[i])
-		if r := w.forward(f, w.res[i]); r >= 0 {
+		f := u.Bytes(descs[i])
+		if r := w.forward(f, descs[i], w.res[i]); r >= 0 {
 			w.drop[r]++
+			u.Drop(descs[i].Addr)
 			continue
 		}
 		fwd++
 		fwdBytes += uint64(len(f))
 	}
 	w.r.End()
-	p.s.Recycle(descs)
 	w.c.forwarded.Add(fwd)
 	w.c.forwardedBytes.Add(fwdBytes)
 	return n
 }
 
-// forward rewrites f for its route and queues a copy on the egress
-// socket; it returns the drop reason, or -1 when the frame was queued.
-func (w *worker) forward(f []byte, res fib.Result) Reason {
+// forward rewrites frame f (descriptor d) for its route and queues d on
+// the egress socket; it returns the drop reason, or -1 when the frame was
+// queued.
+func (w *worker) forward(f []byte, d xsk.Desc, res fib.Result) Reason {
 	id := res.Index()
 	switch res.Type() {
 	case fib.RouteNexthop:
@@ -335,9 +349,7 @@ func (w *worker) forward(f []byte, res fib.Result) Reason {
 		}
 		return DropMalformed
 	}
-	addr, buf := eg.s.TxFrame()
-	copy(buf, f)
-	eg.pending = append(eg.pending, xsk.Desc{Addr: addr, Len: uint32(len(f))})
+	eg.pending = append(eg.pending, d)
 	eg.free--
 	return -1
 }
@@ -364,16 +376,17 @@ func (w *worker) sleep() {
 // stop within it.
 const pollTimeout = 20 * time.Millisecond
 
-// drain forwards what is left on the rx rings and waits for the send
-// frames to complete (bounded).
+// drain forwards what is left on the rx rings and waits for the sends
+// to complete (bounded).
 func (w *worker) drain() {
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
 		got := w.round()
 		inflight := 0
 		for _, p := range w.ports {
-			inflight += p.s.Frames().TxInFlight
-			if inflight > 0 && p.s.NumFreeTxSlots() < p.s.Options().RingSize {
+			n := p.s.TxInFlight()
+			inflight += n
+			if p.s.Rings().Tx > 0 {
 				_ = p.s.Kick()
 			}
 		}

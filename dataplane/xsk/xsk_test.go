@@ -54,14 +54,26 @@ func TestSteering(t *testing.T) {
 		key uint32
 	}
 	var socks []sq
-	for _, lk := range l.Ingress {
+	// One UMEM shared by all four sockets: the first registers it.
+	u, err := NewUMEM(4*8192, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	for i, lk := range l.Ingress {
 		slot, _ := prog.Slot(lk.B.Index)
 		for q := range 2 {
-			s, err := Open(l.RouterNS, lk.B.Index, q, Options{})
+			s, err := Open(l.RouterNS, lk.B.Index, q, u, Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer s.Close()
+			if s.Shared != (i+q > 0) {
+				t.Errorf("socket %d/%d: shared %v", i, q, s.Shared)
+			}
+			if s.TopUp(0) != 4096 {
+				t.Errorf("fill ring took %d frames, want 4096", s.Rings().Fill)
+			}
 			key := slot*xdp.MaxQueues + uint32(q)
 			if err := s.Register(prog.XSKMap(), key); err != nil {
 				t.Fatal(err)
@@ -83,19 +95,21 @@ func TestSteering(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { _, err := g.Run(context.Background()); done <- err }()
 	got := make([]int, len(socks))
+	descs := make([]Desc, 256)
 	total := 0
 	deadline := time.Now().Add(10 * time.Second)
 	for total < n && time.Now().Before(deadline) {
 		for i, x := range socks {
-			descs := x.s.Receive(x.s.NumReceived())
-			for _, d := range descs {
-				if f := x.s.GetFrame(d); len(f) != 60 {
+			k := x.s.Receive(descs)
+			for _, d := range descs[:k] {
+				if f := u.Bytes(d); len(f) != 60 {
 					t.Fatalf("socket %d got a %d-byte frame, want 60", i, len(f))
 				}
+				u.Drop(d.Addr) // give the frame back
 			}
-			got[i] += len(descs)
-			total += len(descs)
-			x.s.Fill(descs) // give the frames back
+			got[i] += k
+			total += k
+			x.s.TopUp(0)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -103,6 +117,9 @@ func TestSteering(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("frames per socket (eth1 q0, q1, eth2 q0, q1): %v", got)
+	if err := u.Check(); err != nil {
+		t.Error(err)
+	}
 	if total != n {
 		t.Errorf("sockets received %d of %d frames", total, n)
 	}

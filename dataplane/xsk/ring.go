@@ -1,0 +1,214 @@
+package xsk
+
+import (
+	"sync/atomic"
+	"unsafe"
+)
+
+// Desc is an RX or TX descriptor: a frame's address in the UMEM and its
+// length (struct xdp_desc).
+type Desc struct {
+	Addr    uint64
+	Len     uint32
+	Options uint32
+}
+
+// ringNeedWakeup is XDP_RING_NEED_WAKEUP: set by the kernel in a ring's
+// flags word when it wants a syscall before it looks at the ring again.
+const ringNeedWakeup = 1
+
+// ring is the index half of a single-producer single-consumer ring shared
+// with the kernel: free-running 32-bit producer and consumer indices
+// (their difference is the fill level, also across wrap-around), the
+// kernel's flags word, and our cached copies of both indices so most
+// calls touch no shared cache line. Like libxdp's xsk.h, the other side's
+// index is read with an acquire load and ours published with a release
+// store (Go's sync/atomic gives at least that), so descriptors written
+// before a publish are seen by whoever sees the index.
+type ring struct {
+	producer, consumer, flags *uint32
+	size, mask                uint32
+	cachedProd, cachedCons    uint32
+}
+
+func newRing(producer, consumer, flags *uint32, size uint32) ring {
+	r := ring{producer: producer, consumer: consumer, flags: flags, size: size, mask: size - 1}
+	r.cachedProd = atomic.LoadUint32(producer)
+	r.cachedCons = atomic.LoadUint32(consumer)
+	return r
+}
+
+// needWakeup reports whether the kernel asked for a syscall.
+func (r *ring) needWakeup() bool {
+	return r.flags != nil && atomic.LoadUint32(r.flags)&ringNeedWakeup != 0
+}
+
+// free is how many slots a producer can reserve now (at most want): the
+// consumer index is reloaded only when the cached one does not show
+// enough room.
+func (r *ring) free(want uint32) uint32 {
+	n := r.cachedCons + r.size - r.cachedProd
+	if n >= want {
+		return n
+	}
+	r.cachedCons = atomic.LoadUint32(r.consumer)
+	return r.cachedCons + r.size - r.cachedProd
+}
+
+// reserve takes up to n free slots for the producer; it returns the first
+// slot's index and how many it got (0 when the ring is full).
+func (r *ring) reserve(n uint32) (idx, got uint32) {
+	got = min(n, r.free(n))
+	idx = r.cachedProd
+	r.cachedProd += got
+	return idx, got
+}
+
+// submit publishes every reserved slot to the consumer.
+func (r *ring) submit() { atomic.StoreUint32(r.producer, r.cachedProd) }
+
+// avail is how many entries a consumer can take now (at most want).
+func (r *ring) avail(want uint32) uint32 {
+	n := r.cachedProd - r.cachedCons
+	if n >= want {
+		return n
+	}
+	r.cachedProd = atomic.LoadUint32(r.producer)
+	return r.cachedProd - r.cachedCons
+}
+
+// peek takes up to n entries for the consumer; it returns the first
+// entry's index and how many it got.
+func (r *ring) peek(n uint32) (idx, got uint32) {
+	got = min(n, r.avail(n))
+	idx = r.cachedCons
+	r.cachedCons += got
+	return idx, got
+}
+
+// release gives every peeked entry back to the producer.
+func (r *ring) release() { atomic.StoreUint32(r.consumer, r.cachedCons) }
+
+// pending is the fill level as both sides last published it (for
+// accounting at rest, not for the hot path).
+func (r *ring) pending() uint32 {
+	return atomic.LoadUint32(r.producer) - atomic.LoadUint32(r.consumer)
+}
+
+// AddrRing is a fill or completion ring: frame addresses.
+type AddrRing struct {
+	ring
+	addrs []uint64
+}
+
+// DescRing is an rx or tx ring: descriptors.
+type DescRing struct {
+	ring
+	descs []Desc
+}
+
+// Ring memory layout as the kernel gives it (XDP_MMAP_OFFSETS): where in a
+// mapping the producer, consumer, flags and descriptors are.
+type ringOffsets struct {
+	Producer, Consumer, Desc, Flags uint64
+}
+
+// newAddrRing lays an AddrRing over mem (a mapping or, in tests, Go
+// memory).
+func newAddrRing(mem []byte, off ringOffsets, size uint32) AddrRing {
+	base := unsafe.Pointer(unsafe.SliceData(mem))
+	return AddrRing{
+		ring: newRing((*uint32)(unsafe.Add(base, off.Producer)), (*uint32)(unsafe.Add(base, off.Consumer)),
+			(*uint32)(unsafe.Add(base, off.Flags)), size),
+		addrs: unsafe.Slice((*uint64)(unsafe.Add(base, off.Desc)), size),
+	}
+}
+
+// newDescRing lays a DescRing over mem.
+func newDescRing(mem []byte, off ringOffsets, size uint32) DescRing {
+	base := unsafe.Pointer(unsafe.SliceData(mem))
+	return DescRing{
+		ring: newRing((*uint32)(unsafe.Add(base, off.Producer)), (*uint32)(unsafe.Add(base, off.Consumer)),
+			(*uint32)(unsafe.Add(base, off.Flags)), size),
+		descs: unsafe.Slice((*Desc)(unsafe.Add(base, off.Desc)), size),
+	}
+}
+
+// ringBytes is the size of a ring's mapping.
+func ringBytes(off ringOffsets, size uint32, entry uintptr) int {
+	return int(off.Desc) + int(size)*int(entry)
+}
+
+// Put produces up to len(addrs) addresses and publishes them; it returns
+// how many fit.
+func (r *AddrRing) Put(addrs []uint64) int {
+	idx, got := r.reserve(uint32(len(addrs)))
+	for i := range got {
+		r.addrs[(idx+i)&r.mask] = addrs[i]
+	}
+	if got > 0 {
+		r.submit()
+	}
+	return int(got)
+}
+
+// Get consumes up to len(out) addresses into out and releases their
+// slots; it returns how many.
+func (r *AddrRing) Get(out []uint64) int {
+	idx, got := r.peek(uint32(len(out)))
+	for i := range got {
+		out[i] = r.addrs[(idx+i)&r.mask]
+	}
+	if got > 0 {
+		r.release()
+	}
+	return int(got)
+}
+
+// Put produces up to len(descs) descriptors and publishes them; it
+// returns how many fit.
+func (r *DescRing) Put(descs []Desc) int {
+	idx, got := r.reserve(uint32(len(descs)))
+	for i := range got {
+		r.descs[(idx+i)&r.mask] = descs[i]
+	}
+	if got > 0 {
+		r.submit()
+	}
+	return int(got)
+}
+
+// Get consumes up to len(out) descriptors into out and releases their
+// slots; it returns how many.
+func (r *DescRing) Get(out []Desc) int {
+	idx, got := r.peek(uint32(len(out)))
+	for i := range got {
+		out[i] = r.descs[(idx+i)&r.mask]
+	}
+	if got > 0 {
+		r.release()
+	}
+	return int(got)
+}
+
+// Free is how many descriptors Put would take now.
+func (r *DescRing) Free() int { return int(r.free(r.size)) }
+
+// Free is how many addresses Put would take now.
+func (r *AddrRing) Free() int { return int(r.free(r.size)) }
+
+// NeedWakeup reports whether the kernel asked for a syscall before it
+// looks at this ring again (need_wakeup mode).
+func (r *DescRing) NeedWakeup() bool { return r.needWakeup() }
+
+// NeedWakeup reports whether the kernel asked for a syscall before it
+// looks at this ring again (need_wakeup mode).
+func (r *AddrRing) NeedWakeup() bool { return r.needWakeup() }
+
+// Pending is how many entries are on the ring as both sides last
+// published.
+func (r *DescRing) Pending() int { return int(r.pending()) }
+
+// Pending is how many entries are on the ring as both sides last
+// published.
+func (r *AddrRing) Pending() int { return int(r.pending()) }
