@@ -13,10 +13,12 @@ all: build
 deps:
 	@./scripts/deps.sh
 
-## build: build bin/xdprouter and bin/xdpbench
+## build: build bin/xdprouter, bin/xdpbench and bin/afxdp-ref (the reference
+## AF_XDP forwarder in C that xdpbench runs as scenario afxdp-ref)
 build:
 	$(GO) build -o $(BIN)/xdprouter ./cmd/xdprouter
 	$(GO) build -o $(BIN)/xdpbench ./cmd/xdpbench
+	cc -O2 -Wall -Wextra -o $(BIN)/afxdp-ref bench/afxdpref/csrc/afxdp_ref.c -lpthread
 
 ## generate: compile bpf/*.c with bpf2go (generated .go and .o are committed)
 generate: deps

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/xdprouter/xdprouter/bench/afxdpref"
 	"github.com/xdprouter/xdprouter/bench/gen"
 	"github.com/xdprouter/xdprouter/bench/sink"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
@@ -36,6 +37,12 @@ type Scenario struct {
 	// afxdp attaches xdprouter's program with engine afxdp and runs the
 	// AF_XDP workers (one per queue, worker q on CPU q).
 	afxdp bool
+	// ref runs the reference AF_XDP forwarder in C (package afxdpref)
+	// with its minimal XDP program.
+	ref bool
+	// rxOnly makes the AF_XDP receivers (afxdp or ref) free every frame:
+	// received frames are counted by them, the sink sees none.
+	rxOnly bool
 	// tune lays the router's queues onto CPUs for the trial (kernel
 	// scenarios) and restores them afterwards.
 	tune tuning
@@ -61,6 +68,12 @@ var Scenarios = []Scenario{
 		Description: "XDP forwarding with no lookup, every frame to one hop: the ceiling"},
 	{Name: "afxdp", afxdp: true,
 		Description: "xdprouter's AF_XDP engine: the program steers to a socket per queue, worker q (CPU q) forwards in Go"},
+	{Name: "afxdp-ref", ref: true,
+		Description: "the reference AF_XDP forwarder in C: a minimal program steers IPv4/IPv6 to a socket per queue, thread q (CPU q) moves each frame to eth3 with the same rewrite and no lookup"},
+	{Name: "afxdp-rx", afxdp: true, rxOnly: true,
+		Description: "engine afxdp receiving only: the workers free every frame (counted by them, not the sink)"},
+	{Name: "afxdp-ref-rx", ref: true, rxOnly: true,
+		Description: "the reference AF_XDP forwarder receiving only: its threads free every frame"},
 }
 
 // ScenarioByName finds a scenario.
@@ -143,7 +156,8 @@ type Trial struct {
 	Mbps     float64         `json:"mbps"`
 	LossPct  float64         `json:"loss_pct"`
 	CPU      []cpustat.Share `json:"cpu"`
-	// Workers are the AF_XDP workers' figures (scenario afxdp).
+	// Workers are the AF_XDP workers' figures (scenarios afxdp*: the
+	// engine's workers or the reference's threads).
 	Workers []WorkerTrial `json:"workers,omitempty"`
 }
 
@@ -184,7 +198,7 @@ type Result struct {
 	MedianLoss  float64 `json:"median_loss_pct"`
 	// CPU is the trial with the median rate's per-CPU shares.
 	CPU []cpustat.Share `json:"cpu"`
-	// Workers are the median trial's AF_XDP workers (scenario afxdp).
+	// Workers are the median trial's AF_XDP workers (scenarios afxdp*).
 	Workers []WorkerTrial `json:"workers,omitempty"`
 }
 
@@ -339,10 +353,21 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 			return Trial{}, err
 		}
 		defer prog.Close()
-		if eng, err = rt.startEngine(prog); err != nil {
+		if eng, err = rt.startEngine(prog, s.rxOnly); err != nil {
 			return Trial{}, err
 		}
 		defer eng.Stop()
+	}
+	var ref *afxdpref.Ref
+	if s.ref {
+		if ref, err = rt.startRef(ctx, s.rxOnly); err != nil {
+			return Trial{}, err
+		}
+		defer func() {
+			if ref != nil {
+				_, _ = ref.Stop()
+			}
+		}()
 	}
 	var w0 []engine.WorkerStats
 	if eng != nil {
@@ -364,6 +389,9 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 	if err != nil {
 		return Trial{}, err
 	}
+	if s.rxOnly {
+		return rxTrial(sent, cpustat.Shares(cpu0, cpu1), eng, w0, &ref)
+	}
 	// Whatever is still in flight lands within a few milliseconds.
 	after, err := sk.WaitMatched(ctx, before.MatchedPackets+sent.Sent, 200*time.Millisecond)
 	if err != nil {
@@ -374,7 +402,64 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 	if eng != nil {
 		t.Workers = workerTrials(w0, eng.Stats(), sent.Elapsed)
 	}
+	if ref != nil {
+		st, err := ref.Stop()
+		ref = nil
+		if err != nil {
+			return Trial{}, err
+		}
+		t.Workers = refTrials(st, sent.Elapsed)
+	}
 	return t, nil
+}
+
+// rxTrial is an RX-only trial: what the receivers counted (the engine's
+// workers, or the reference's threads, stopped here) is what arrived.
+func rxTrial(sent gen.Result, cpu []cpustat.Share, eng *engine.Engine, w0 []engine.WorkerStats, ref **afxdpref.Ref) (Trial, error) {
+	t := Trial{Sent: sent.Sent, Seconds: sent.Elapsed.Seconds(), CPU: cpu}
+	// Frames still on the rx rings are taken within a few milliseconds.
+	time.Sleep(100 * time.Millisecond)
+	if eng != nil {
+		t.Workers = workerTrials(w0, eng.Stats(), sent.Elapsed)
+	}
+	if *ref != nil {
+		st, err := (*ref).Stop()
+		*ref = nil
+		if err != nil {
+			return Trial{}, err
+		}
+		t.Workers = refTrials(st, sent.Elapsed)
+	}
+	for _, w := range t.Workers {
+		t.Received += w.Received
+	}
+	if t.Seconds > 0 {
+		t.PPS = float64(min(t.Received, t.Sent)) / t.Seconds
+	}
+	if t.Sent > 0 && t.Received < t.Sent {
+		t.LossPct = 100 * float64(t.Sent-t.Received) / float64(t.Sent)
+	}
+	return t, nil
+}
+
+// refTrials are the reference's threads as worker figures (its CPU time
+// counts from when it was ready, so it covers the trial and a few
+// milliseconds around it).
+func refTrials(st []afxdpref.Stats, dt time.Duration) []WorkerTrial {
+	out := make([]WorkerTrial, 0, len(st))
+	for _, s := range st {
+		wt := WorkerTrial{Queue: s.Queue, CPU: s.CPU, Received: s.Rx, Forwarded: s.Tx, Dropped: s.Drop,
+			RingFull: s.RingFull, FillEmpty: s.FillRingEmpty}
+		if s.Rx > 0 {
+			wt.UserNs = float64(s.User) / float64(s.Rx)
+			wt.SysNs = float64(s.System) / float64(s.Rx)
+		}
+		if dt > 0 {
+			wt.CPUPct = 100 * float64(s.User+s.System) / float64(dt)
+		}
+		out = append(out, wt)
+	}
+	return out
 }
 
 func trial(sent gen.Result, before, after sink.Counters) Trial {

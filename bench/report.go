@@ -16,8 +16,9 @@ import (
 
 // ReportScenarios are the scenarios of the report, after the seed
 // experiment: kernel forwarding untuned and tuned, XDP with the kernel's
-// FIB, and xdprouter's two engines.
-var ReportScenarios = []string{"kernel-1cpu", "kernel-tuned", "xdp-kfib", "xdp", "afxdp"}
+// FIB, xdprouter's two engines, and the reference AF_XDP forwarder in C
+// beside engine afxdp.
+var ReportScenarios = []string{"kernel-1cpu", "kernel-tuned", "xdp-kfib", "xdp", "afxdp", "afxdp-ref"}
 
 // ReportSizes are the frame sizes of the report (FCS included), the
 // router text's and RFC 2544's Ethernet sizes.

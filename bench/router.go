@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/xdprouter/xdprouter/bench/afxdpref"
 	"github.com/xdprouter/xdprouter/control/kernelpolicy"
 	"github.com/xdprouter/xdprouter/dataplane/engine"
 	"github.com/xdprouter/xdprouter/dataplane/fib"
@@ -174,14 +175,28 @@ func (r *router) attach(src xdp.Source, e xdp.Engine) (*xdp.Program, error) {
 
 // startEngine runs the AF_XDP workers for a program attached with engine
 // afxdp: one per queue, worker q on CPU q.
-func (r *router) startEngine(prog *xdp.Program) (*engine.Engine, error) {
+func (r *router) startEngine(prog *xdp.Program, discard bool) (*engine.Engine, error) {
+	return engine.Start(engine.Config{Namespace: r.l.RouterNS, Program: prog, Table: r.table,
+		Interfaces: []int{r.l.Ingress[0].B.Index, r.l.Ingress[1].B.Index}, Egress: []int{r.l.Egress.A.Index},
+		Queues: r.l.Queues, CPUs: r.workerCPUs(), Discard: discard})
+}
+
+// workerCPUs puts AF_XDP worker (or thread) q on CPU q.
+func (r *router) workerCPUs() []int {
 	var cpus []int
 	for q := range r.l.Queues {
 		cpus = append(cpus, q%runtime.NumCPU())
 	}
-	return engine.Start(engine.Config{Namespace: r.l.RouterNS, Program: prog, Table: r.table,
-		Interfaces: []int{r.l.Ingress[0].B.Index, r.l.Ingress[1].B.Index}, Egress: []int{r.l.Egress.A.Index},
-		Queues: r.l.Queues, CPUs: cpus})
+	return cpus
+}
+
+// startRef runs the reference AF_XDP forwarder in the router's namespace
+// with the same layout as the engine: eth1 and eth2 in, eth3 out to the
+// sink, thread q on CPU q at SCHED_FIFO 1 (the engine's default).
+func (r *router) startRef(ctx context.Context, rxOnly bool) (*afxdpref.Ref, error) {
+	return afxdpref.Start(ctx, afxdpref.Config{Namespace: r.l.RouterNS,
+		In: []int{r.l.Ingress[0].B.Index, r.l.Ingress[1].B.Index}, Out: r.l.Egress.A.Index,
+		DstMAC: r.l.Egress.B.MAC, SrcMAC: r.l.Egress.A.MAC, Queues: r.l.Queues, CPUs: r.workerCPUs(), RxOnly: rxOnly, Priority: 1})
 }
 
 func (r *router) close() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, generating and testing xdprouter need, only when
 # it is missing (safe to run again): clang/llvm and libbpf headers for the
-# BPF programs, iproute2 and ethtool for inspecting the lab by hand, ping
+# BPF programs, a C compiler (cc) for xdpbench's reference AF_XDP
+# forwarder, iproute2 and ethtool for inspecting the lab by hand, ping
 # for the tests that check the kernel still answers what XDP passes it,
 # BIRD 2 for the control-plane test with a real routing daemon, and nft and
 # iptables-legacy for the tests that put a firewall in front of the fast
@@ -10,6 +11,7 @@ set -euo pipefail
 
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 [ -f /usr/include/linux/bpf.h ] || need+=(linux-libc-dev)

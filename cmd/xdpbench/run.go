@@ -86,6 +86,13 @@ scenario. Scenarios:
               forwards it in Go; a "# afxdp worker" line per worker gives its
               CPU per frame (user: the worker; system: sendto, the kernel's
               copy and transmit), CPU use and the kernel's socket drops
+  afxdp-ref   the reference AF_XDP forwarder in C (bench/afxdpref): a minimal
+              program steers IPv4/IPv6 to a socket per queue, thread q (CPU q,
+              SCHED_FIFO 1 like the workers) moves each frame to eth3 with
+              the same rewrite and no lookup: the best plain AF_XDP here
+  afxdp-rx, afxdp-ref-rx
+              the same two receiving only: every frame is freed after
+              receive, counted by the workers (the sink sees none)
 
 Columns: Mpps is the median over trials of frames received per second (at
 the sink) over the generator's sending time; [min - max] the spread over

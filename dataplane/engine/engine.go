@@ -74,6 +74,10 @@ type Config struct {
 	// does not start (say -1 to run without). Each running worker adds a P to
 	// GOMAXPROCS, so Go never makes a woken worker wait for one.
 	Priority int
+	// Discard makes the workers receive and free every frame, forwarding
+	// nothing: the RX-only benchmark of the socket layer (xdpbench
+	// scenario afxdp-rx), never a router.
+	Discard bool
 }
 
 // Engine is a running set of workers.

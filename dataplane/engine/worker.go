@@ -246,6 +246,14 @@ func (w *worker) receive(p *port) int {
 		return 0
 	}
 	u := w.umem
+	if w.e.cfg.Discard {
+		for i := range descs {
+			u.Drop(descs[i].Addr)
+		}
+		p.rx.Add(uint64(n))
+		w.c.rx.Add(uint64(n))
+		return n
+	}
 	var bytes uint64
 	n4, n6 := 0, 0
 	for i := range descs {
