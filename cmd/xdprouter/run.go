@@ -219,7 +219,11 @@ func newStatusCmd() *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), s)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "pid %d, up %s (since %s), table %d, %d AF_XDP workers, warm start %v\n", s.PID, s.Uptime, s.Started.Format(time.RFC3339), s.Table, s.Workers, s.WarmStart)
+			idle := ""
+			if s.Idle != "" {
+				idle = " (idle: " + s.Idle + ")"
+			}
+			fmt.Fprintf(w, "pid %d, up %s (since %s), table %d, %d AF_XDP workers%s, warm start %v\n", s.PID, s.Uptime, s.Started.Format(time.RFC3339), s.Table, s.Workers, idle, s.WarmStart)
 			for _, i := range s.Interfaces {
 				fmt.Fprintf(w, "%-16s ifindex %-4d engine %s\n", i.Name, i.Ifindex, i.Engine)
 			}

@@ -33,8 +33,11 @@ type Status struct {
 	Workers    int               `json:"afxdp_workers"`
 	WarmStart  bool              `json:"warm_start"` // FIB reused from bpffs pins
 	// WorkerCPUs are the AF_XDP workers' CPUs, worker q on WorkerCPUs[q].
-	WorkerCPUs   []int `json:"worker_cpus,omitempty"`
-	Housekeeping []int `json:"housekeeping_cpus,omitempty"`
+	WorkerCPUs []int `json:"worker_cpus,omitempty"`
+	// Idle is what an idle worker does: poll, busy-poll, spin or
+	// spin-then-poll (engine.Engine.Idle).
+	Idle         string `json:"afxdp_idle,omitempty"`
+	Housekeeping []int  `json:"housekeeping_cpus,omitempty"`
 	// Affinity lists what the applied affinity plan changed.
 	Affinity []string      `json:"affinity,omitempty"`
 	FIB      fib.Stats     `json:"fib"`
@@ -87,6 +90,7 @@ func (d *Daemon) Status() Status {
 	if d.eng != nil {
 		s.Workers = d.eng.Workers()
 		s.WorkerCPUs = d.cfg.CPUs
+		s.Idle = d.eng.Idle()
 	}
 	s.Housekeeping = d.cfg.Housekeeping
 	for _, w := range d.affinity {

@@ -61,6 +61,13 @@ type Config struct {
 	// softirq that fills its rings, instead of waiting behind a busy
 	// task on its CPU while the ring fills.
 	WorkerPriority int `yaml:"worker_priority"`
+	// Idle is what an AF_XDP worker does when its rx rings are empty:
+	// "poll" sleeps in poll(2) at once; "busy-poll" never sleeps and
+	// polls its queues' NAPI from its own syscalls (SO_PREFER_BUSY_POLL),
+	// only for workers with CPUs of their own; "auto" (default) chooses
+	// busy-poll when every worker's CPU (cpus, or the affinity plan's) is
+	// isolated (isolcpus or nohz_full), else poll.
+	Idle string `yaml:"idle"`
 	// Metrics is the Prometheus listen address (default 127.0.0.1:9470;
 	// "off" to disable).
 	Metrics string `yaml:"metrics"`
@@ -210,6 +217,14 @@ func (c Config) Validate() error {
 	if c.Queues < 0 || c.Queues > xdp.MaxQueues {
 		bad("queues", "%d: between 1 and %d (0: one per queue)", c.Queues, xdp.MaxQueues)
 	}
+	switch c.Idle {
+	case "", "auto", "poll", "busy-poll":
+	default:
+		bad("idle", "%q: auto, poll or busy-poll", c.Idle)
+	}
+	if c.Idle == "busy-poll" && c.Spin != 0 {
+		bad("idle", "busy-poll never sleeps: spin (%v) says how long to spin before sleeping; set one", c.Spin)
+	}
 	if c.WorkerPriority < -1 || c.WorkerPriority > 99 {
 		bad("worker_priority", "%d: a SCHED_FIFO priority 1-99 (0: the default, 1; -1: normal scheduling)", c.WorkerPriority)
 	}
@@ -233,6 +248,28 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// busyPoll resolves Idle for the workers' CPUs: "auto" busy-polls only
+// when every worker has a CPU and every one is in isolated (the host's
+// isolcpus and nohz_full CPUs). Without configured or planned CPUs the
+// workers take q mod the CPUs, which shares them: poll.
+func busyPoll(idle string, cpus, isolated []int) bool {
+	switch idle {
+	case "busy-poll":
+		return true
+	case "poll":
+		return false
+	}
+	if len(cpus) == 0 {
+		return false
+	}
+	for _, c := range cpus {
+		if !slices.Contains(isolated, c) {
+			return false
+		}
+	}
+	return true
 }
 
 func (c Config) socketOptions() xsk.Options {

@@ -279,15 +279,20 @@ func (d *Daemon) applyEngines(old *Config, cfg Config) error {
 	restart := old == nil || (d.eng == nil && len(afxdp) > 0) || // a failed reload stopped them
 		!slices.Equal(afxdpNames(*old), afxdpNames(cfg)) ||
 		!slices.Equal(old.CPUs, cfg.CPUs) || old.Queues != cfg.Queues || old.Socket != cfg.Socket || old.Spin != cfg.Spin ||
-		old.WorkerPriority != cfg.WorkerPriority
+		old.WorkerPriority != cfg.WorkerPriority || old.Idle != cfg.Idle
 	if restart {
 		if err := d.stopEngine(); err != nil {
 			slog.Warn("stop AF_XDP engine", "err", err)
 		}
 		if len(afxdp) > 0 {
+			var isolated []int
+			if h, err := affinity.Discover("/"); err == nil {
+				isolated = append(h.Isolated, h.NoHZFull...)
+			}
 			eng, err := engine.Start(engine.Config{Namespace: cfg.Namespace, Program: d.prog, Table: d.table,
 				Interfaces: afxdp, Egress: others, Queues: cfg.Queues, CPUs: cfg.CPUs,
-				Socket: cfg.socketOptions(), Spin: cfg.Spin, Priority: cfg.WorkerPriority})
+				Socket: cfg.socketOptions(), Spin: cfg.Spin, Priority: cfg.WorkerPriority,
+				BusyPoll: busyPoll(cfg.Idle, cfg.CPUs, isolated)})
 			if err != nil {
 				return fmt.Errorf("start AF_XDP engine: %w", err)
 			}

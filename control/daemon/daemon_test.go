@@ -22,6 +22,28 @@ import (
 )
 
 // TestConfigValidate: every bad field is named, all at once.
+// TestBusyPoll: idle auto busy-polls only when every worker has a CPU of
+// its own (isolated).
+func TestBusyPoll(t *testing.T) {
+	for _, tc := range []struct {
+		idle           string
+		cpus, isolated []int
+		want           bool
+	}{
+		{"", []int{2, 3}, []int{2, 3}, true},
+		{"auto", []int{2, 3}, []int{2, 3, 4}, true},
+		{"auto", []int{1, 2}, []int{2, 3}, false}, // worker 0 shares CPU 1
+		{"auto", nil, []int{0, 1}, false},         // default placement: q mod the CPUs
+		{"auto", []int{0}, nil, false},
+		{"poll", []int{2}, []int{2}, false},
+		{"busy-poll", []int{0}, nil, true},
+	} {
+		if got := busyPoll(tc.idle, tc.cpus, tc.isolated); got != tc.want {
+			t.Errorf("busyPoll(%q, cpus %v, isolated %v) = %v, want %v", tc.idle, tc.cpus, tc.isolated, got, tc.want)
+		}
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name, yaml string
@@ -30,6 +52,9 @@ func TestConfigValidate(t *testing.T) {
 		{"ok", "interfaces: [{name: eth1, engine: afxdp}, {name: eth3}]\n", nil},
 		{"normal priority workers", "interfaces: [{name: eth1, engine: afxdp}]\nworker_priority: -1\n", nil},
 		{"too low a priority", "interfaces: [{name: eth1, engine: afxdp}]\nworker_priority: -2\n", []string{"worker_priority"}},
+		{"busy-poll workers", "interfaces: [{name: eth1, engine: afxdp}]\nidle: busy-poll\n", nil},
+		{"unknown idle", "interfaces: [{name: eth1, engine: afxdp}]\nidle: nap\n", []string{"idle"}},
+		{"busy-poll and spin", "interfaces: [{name: eth1, engine: afxdp}]\nidle: busy-poll\nspin: 50us\n", []string{"idle"}},
 		{"empty", "{}\n", []string{"interfaces: none"}},
 		{"unknown field", "interfaces: [{name: eth1}]\nengnie: xdp\n", []string{"field engnie not found"}},
 		{"many", `interfaces:

@@ -74,6 +74,16 @@ type Config struct {
 	// does not start (say -1 to run without). Each running worker adds a P to
 	// GOMAXPROCS, so Go never makes a woken worker wait for one.
 	Priority int
+	// BusyPoll is for workers on CPUs of their own (isolated): each
+	// socket polls its queue's NAPI from the worker's syscalls
+	// (SO_PREFER_BUSY_POLL, SO_BUSY_POLL for BusyPollTime, up to Batch
+	// frames), and the worker never sleeps, so receive work runs in the
+	// worker instead of interrupts and softirq. On a shared CPU it would
+	// starve whatever shares it: the default sleeps in poll(2) (Spin).
+	// With BusyPoll the default priority is normal.
+	BusyPoll bool
+	// BusyPollTime is SO_BUSY_POLL (default 20 µs).
+	BusyPollTime time.Duration
 	// Discard makes the workers receive and free every frame, forwarding
 	// nothing: the RX-only benchmark of the socket layer (xdpbench
 	// scenario afxdp-rx), never a router.
@@ -132,8 +142,11 @@ func Start(cfg Config) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.BusyPoll && cfg.BusyPollTime == 0 {
+		cfg.BusyPollTime = 20 * time.Microsecond
+	}
 	switch {
-	case cfg.Priority == 0 && cfg.Spin < 0:
+	case cfg.Priority == 0 && (cfg.Spin < 0 || cfg.BusyPoll):
 		// A worker that never sleeps would starve the softirq
 		// (ksoftirqd) that fills its rings: normal priority.
 	case cfg.Priority == 0:
@@ -200,7 +213,7 @@ func Start(cfg Config) (*Engine, error) {
 			return nil, err
 		}
 	}
-	slog.Info("afxdp engine started", "workers", len(e.workers), "interfaces", len(cfg.Interfaces), "zero_copy", e.zeroCopy())
+	slog.Info("afxdp engine started", "workers", len(e.workers), "interfaces", len(cfg.Interfaces), "zero_copy", e.zeroCopy(), "idle", e.Idle())
 	return e, nil
 }
 
@@ -224,6 +237,19 @@ func (e *Engine) open(ifindex int) error {
 				}
 			}
 			return err
+		}
+		if e.cfg.BusyPoll {
+			if err := s.SetBusyPoll(int(e.cfg.BusyPollTime/time.Microsecond), e.cfg.Batch); err != nil {
+				s.Close()
+				w.do(func(w *worker) { w.umem.Reclaim(s) })
+				for q, p := range ports {
+					if p != nil {
+						p.s.Close()
+						e.workers[q].do(func(w *worker) { w.umem.Reclaim(p.s) })
+					}
+				}
+				return fmt.Errorf("busy poll: %w", err)
+			}
 		}
 		ports[q] = &port{s: s, ifindex: ifindex, queue: q, pending: make([]xsk.Desc, 0, s.Options().RingSize)}
 	}
@@ -441,6 +467,21 @@ func (e *Engine) zeroCopy() bool {
 		}
 	}
 	return len(e.ports) > 0
+}
+
+// Idle says what an idle worker does: "busy-poll" (BusyPoll), "spin"
+// (a negative Spin: never sleeps), "spin-then-poll" (a positive Spin)
+// or "poll" (sleeps in poll(2) as soon as its rx rings are empty).
+func (e *Engine) Idle() string {
+	switch {
+	case e.cfg.BusyPoll:
+		return "busy-poll"
+	case e.cfg.Spin < 0:
+		return "spin"
+	case e.cfg.Spin > 0:
+		return "spin-then-poll"
+	}
+	return "poll"
 }
 
 // Workers is the number of workers.

@@ -87,16 +87,21 @@ func newRig(t testing.TB, queues int) *rig {
 }
 
 // start runs the engine with a worker per queue on CPUs 0, 1, ...
-func (r *rig) start(t *testing.T) {
+func (r *rig) start(t *testing.T) { r.startWith(t, func(*Config) {}) }
+
+// startWith is start with the config changed by set.
+func (r *rig) startWith(t *testing.T, set func(*Config)) {
 	t.Helper()
 	var cpus []int
 	for q := range r.lab.Queues {
 		cpus = append(cpus, q%runtime.NumCPU())
 	}
-	var err error
-	r.eng, err = Start(Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
+	cfg := Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
 		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Egress: []int{r.lab.Egress.A.Index},
-		Queues: r.lab.Queues, CPUs: cpus})
+		Queues: r.lab.Queues, CPUs: cpus}
+	set(&cfg)
+	var err error
+	r.eng, err = Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,6 +357,55 @@ func TestFlap(t *testing.T) {
 		t.Errorf("stop: %v", err)
 	} else if err != nil {
 		t.Errorf("frames leaked: %v", err)
+	}
+}
+
+// TestBusyPoll: with BusyPoll every socket carries the busy-poll options,
+// the workers never sleep in poll(2), and every frame is forwarded.
+func TestBusyPoll(t *testing.T) {
+	r := newRig(t, 2)
+	r.startWith(t, func(c *Config) { c.BusyPoll = true })
+	if got := r.eng.Idle(); got != "busy-poll" {
+		t.Errorf("Idle() = %q, want busy-poll", got)
+	}
+	for ifindex, ports := range r.eng.ports {
+		for q, p := range ports {
+			for _, o := range []struct {
+				opt, want int
+				name      string
+			}{{unix.SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL"}, {unix.SO_BUSY_POLL, 20, "SO_BUSY_POLL"},
+				{unix.SO_BUSY_POLL_BUDGET, 256, "SO_BUSY_POLL_BUDGET"}} {
+				v, err := unix.GetsockoptInt(p.s.FD(), unix.SOL_SOCKET, o.opt)
+				if errors.Is(err, unix.ENOPROTOOPT) {
+					continue // SO_BUSY_POLL_BUDGET is set-only: Start checked the set
+				}
+				if err != nil || v != o.want {
+					t.Errorf("ifindex %d queue %d: %s = %d (%v), want %d", ifindex, q, o.name, v, err, o.want)
+				}
+			}
+		}
+	}
+	sleeps := func() (n uint64) {
+		for _, w := range r.eng.Stats() {
+			n += w.Sleeps
+		}
+		return n
+	}
+	s0 := sleeps()
+	res := r.send(t, gen.Config{Count: 20000, Rate: 50000})
+	got, err := r.sink.WaitMatched(context.Background(), res.Sent, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MatchedPackets != res.Sent || got.MatchedForeignMAC != 0 {
+		t.Errorf("sink matched %d of %d, %d with a wrong MAC", got.MatchedPackets, res.Sent, got.MatchedForeignMAC)
+		r.account(t)
+	}
+	if n := sleeps() - s0; n != 0 {
+		t.Errorf("busy-polling workers slept %d times in poll(2)", n)
+	}
+	if err := r.eng.Stop(); err != nil {
+		t.Errorf("stop: %v", err)
 	}
 }
 

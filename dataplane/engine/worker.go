@@ -141,6 +141,15 @@ func (w *worker) run(started chan<- error) {
 			idleSince = time.Time{}
 			continue
 		}
+		if w.e.cfg.BusyPoll {
+			// The next round's frames come from the NAPI this polls.
+			for _, p := range w.ports {
+				if p.recv.Load() {
+					p.s.BusyPoll()
+				}
+			}
+			continue
+		}
 		if w.spin == 0 {
 			w.sleep()
 			continue

@@ -375,6 +375,31 @@ func (s *Socket) Wakeup() bool {
 	return true
 }
 
+// SetBusyPoll makes the socket's syscalls poll the driver's NAPI
+// themselves (SO_PREFER_BUSY_POLL, SO_BUSY_POLL for usecs, up to budget
+// frames a poll): the worker, spinning on a CPU of its own, does the
+// receive work instead of interrupts and softirq.
+func (s *Socket) SetBusyPoll(usecs, budget int) error {
+	for _, o := range []struct {
+		opt  int
+		v    int
+		name string
+	}{{unix.SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL"}, {unix.SO_BUSY_POLL, usecs, "SO_BUSY_POLL"},
+		{unix.SO_BUSY_POLL_BUDGET, budget, "SO_BUSY_POLL_BUDGET"}} {
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, o.opt, o.v); err != nil {
+			return fmt.Errorf("ifindex %d queue %d: %s %d: %w", s.Ifindex, s.Queue, o.name, o.v, err)
+		}
+	}
+	return nil
+}
+
+// BusyPoll asks the kernel to poll the queue's NAPI now (a non-blocking
+// recvfrom, raw: it does not sleep); with SetBusyPoll this is the
+// receive path of a worker that never sleeps.
+func (s *Socket) BusyPoll() {
+	_, _, _ = unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+}
+
 // Reap consumes the completion ring and puts those frames on the UMEM's
 // free list; it returns how many completed.
 func (s *Socket) Reap() int {
