@@ -38,8 +38,8 @@ type Scenario struct {
 	// AF_XDP workers (one per queue, worker q on CPU q).
 	afxdp bool
 	// ref runs the reference AF_XDP forwarder in C (package afxdpref)
-	// with its minimal XDP program.
-	ref bool
+	// with its minimal XDP program, or behind xdprouter's (refRouter).
+	ref, refRouter bool
 	// rxOnly makes the AF_XDP receivers (afxdp or ref) free every frame:
 	// received frames are counted by them, the sink sees none.
 	rxOnly bool
@@ -70,6 +70,8 @@ var Scenarios = []Scenario{
 		Description: "xdprouter's AF_XDP engine: the program steers to a socket per queue, worker q (CPU q) forwards in Go"},
 	{Name: "afxdp-ref", ref: true,
 		Description: "the reference AF_XDP forwarder in C: a minimal program steers IPv4/IPv6 to a socket per queue, thread q (CPU q) moves each frame to eth3 with the same rewrite and no lookup"},
+	{Name: "afxdp-ref-router", ref: true, refRouter: true,
+		Description: "the reference AF_XDP forwarder behind xdprouter's program (engine afxdp steering): afxdp minus afxdp-ref-router is the Go worker's cost over the C one, afxdp-ref-router minus afxdp-ref the program's"},
 	{Name: "afxdp-rx", afxdp: true, rxOnly: true,
 		Description: "engine afxdp receiving only: the workers free every frame (counted by them, not the sink)"},
 	{Name: "afxdp-ref-rx", ref: true, rxOnly: true,
@@ -360,7 +362,14 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 	}
 	var ref *afxdpref.Ref
 	if s.ref {
-		if ref, err = rt.startRef(ctx, s.rxOnly); err != nil {
+		var prog *xdp.Program
+		if s.refRouter {
+			if prog, err = rt.attach(xdp.SourceFIB, xdp.EngineAFXDP); err != nil {
+				return Trial{}, err
+			}
+			defer prog.Close()
+		}
+		if ref, err = rt.startRef(ctx, prog, s.rxOnly); err != nil {
 			return Trial{}, err
 		}
 		defer func() {

@@ -193,10 +193,26 @@ func (r *router) workerCPUs() []int {
 // startRef runs the reference AF_XDP forwarder in the router's namespace
 // with the same layout as the engine: eth1 and eth2 in, eth3 out to the
 // sink, thread q on CPU q at SCHED_FIFO 1 (the engine's default).
-func (r *router) startRef(ctx context.Context, rxOnly bool) (*afxdpref.Ref, error) {
-	return afxdpref.Start(ctx, afxdpref.Config{Namespace: r.l.RouterNS,
+// With prog (attached with engine afxdp) its sockets go into prog's
+// XSKMAP where the engine's would, and prog steers to them.
+func (r *router) startRef(ctx context.Context, prog *xdp.Program, rxOnly bool) (*afxdpref.Ref, error) {
+	cfg := afxdpref.Config{Namespace: r.l.RouterNS,
 		In: []int{r.l.Ingress[0].B.Index, r.l.Ingress[1].B.Index}, Out: r.l.Egress.A.Index,
-		DstMAC: r.l.Egress.B.MAC, SrcMAC: r.l.Egress.A.MAC, Queues: r.l.Queues, CPUs: r.workerCPUs(), RxOnly: rxOnly, Priority: 1})
+		DstMAC: r.l.Egress.B.MAC, SrcMAC: r.l.Egress.A.MAC, Queues: r.l.Queues, CPUs: r.workerCPUs(), RxOnly: rxOnly, Priority: 1}
+	if prog != nil {
+		cfg.XSKMap = prog.XSKMap()
+		for _, ifindex := range cfg.In {
+			slot, ok := prog.Slot(ifindex)
+			if !ok {
+				return nil, fmt.Errorf("afxdp-ref: ifindex %d has no slot in the router program", ifindex)
+			}
+			cfg.KeyBase = append(cfg.KeyBase, slot*xdp.MaxQueues)
+		}
+		if err := prog.AddXSKEgress(cfg.Out); err != nil {
+			return nil, err
+		}
+	}
+	return afxdpref.Start(ctx, cfg)
 }
 
 func (r *router) close() {

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -85,6 +86,12 @@ type Config struct {
 	// Priority is the threads' SCHED_FIFO priority (0: normal
 	// scheduling); the lab gives it the engine's default, 1.
 	Priority int
+	// XSKMap, when set, is another program's XSKMAP that already steers
+	// In's frames (xdprouter's, engine afxdp): the reference registers
+	// its sockets there at KeyBase[i] + queue instead of attaching its
+	// own program.
+	XSKMap  *ebpf.Map
+	KeyBase []uint32
 }
 
 // Ref is a running reference forwarder.
@@ -103,15 +110,22 @@ func Start(ctx context.Context, cfg Config) (_ *Ref, err error) {
 		return nil, err
 	}
 	r := &Ref{}
-	if err := loadXskredirectObjects(&r.objs, nil); err != nil {
-		return nil, fmt.Errorf("load afxdp-ref program: %w", err)
-	}
 	defer func() {
 		if err != nil {
 			r.detach()
 		}
 	}()
+	xsks := cfg.XSKMap
+	if xsks == nil {
+		if err := loadXskredirectObjects(&r.objs, nil); err != nil {
+			return nil, fmt.Errorf("load afxdp-ref program: %w", err)
+		}
+		xsks = r.objs.Xsks
+	}
 	err = netnsrun.Do(cfg.Namespace, func() error {
+		if cfg.XSKMap != nil {
+			return nil
+		}
 		for _, ifindex := range cfg.In {
 			l, err := link.AttachXDP(link.XDPOptions{Program: r.objs.XskRedirect, Interface: ifindex, Flags: link.XDPDriverMode})
 			if err != nil {
@@ -139,10 +153,17 @@ func Start(ctx context.Context, cfg Config) (_ *Ref, err error) {
 	if cfg.Priority > 0 {
 		args = append(args, "-p", strconv.Itoa(cfg.Priority))
 	}
+	if len(cfg.KeyBase) > 0 {
+		keys := make([]int, len(cfg.KeyBase))
+		for i, k := range cfg.KeyBase {
+			keys[i] = int(k)
+		}
+		args = append(args, "-k", list(keys))
+	}
 	cmd := exec.Command(bin, args...)
 	// A duplicate of the map's fd, owned by the os.File (which closes it
 	// once the child has it): the map keeps its own.
-	dup, err := unix.FcntlInt(uintptr(r.objs.Xsks.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	dup, err := unix.FcntlInt(uintptr(xsks.FD()), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("afxdp-ref XSKMAP: %w", err)
 	}

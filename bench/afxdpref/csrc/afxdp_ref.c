@@ -12,13 +12,14 @@
 //
 // The XDP program and its XSKMAP are the caller's: the map's fd is
 // inherited (-m, default 3) and each receiving socket is put at key
-// (ifindex % 64) * 64 + queue. It prints "ready" once every socket is
+// (ifindex % 64) * 64 + queue, or KEYBASE + queue with -k (one base per
+// -i interface: another program's XSKMAP layout, such as xdprouter's). It prints "ready" once every socket is
 // registered and, after SIGINT or SIGTERM, one line of counters per
 // thread (with its user and system CPU time since it was ready).
 //
 // Usage: afxdp-ref -i IFINDEX[,IFINDEX...] -o IFINDEX -q QUEUES
 //        -c CPU[,CPU...] -d DSTMAC -s SRCMAC [-r] [-m MAPFD] [-n RING]
-//        [-p FIFO_PRIO]
+//        [-p FIFO_PRIO] [-k KEYBASE[,KEYBASE...]]
 //
 // -p runs the threads at that SCHED_FIFO priority, as the engine runs its
 // workers (default 1), so both are scheduled alike.
@@ -80,7 +81,7 @@ struct worker {
 	int err;
 };
 
-static int n_in, out_ifindex, in_ifindex[MAX_IN], nq, cpus[MAX_Q], ncpus, rx_only, map_fd = 3, prio;
+static int n_in, n_keys, key_base[MAX_IN], out_ifindex, in_ifindex[MAX_IN], nq, cpus[MAX_Q], ncpus, rx_only, map_fd = 3, prio;
 static uint32_t ring_size = 4096, frames_per_sock = 8192;
 static uint8_t dst_mac[6], src_mac[6];
 static volatile int stop;
@@ -298,7 +299,8 @@ static void *run(void *arg)
 	}
 	for (int i = 0; i < n_in; i++) {
 		top_up(w, &w->s[i]);
-		if ((w->err = xskmap_put((w->s[i].ifindex % 64) * 64 + w->q, w->s[i].fd))) {
+		uint32_t base = i < n_keys ? (uint32_t)key_base[i] : (uint32_t)(w->s[i].ifindex % 64) * 64;
+		if ((w->err = xskmap_put(base + w->q, w->s[i].fd))) {
 			fprintf(stderr, "afxdp-ref: queue %d: XSKMAP: %s\n", w->q, strerror(-w->err));
 			goto ready;
 		}
@@ -383,14 +385,14 @@ static int parse_list(char *s, int *out, int max)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: afxdp-ref -i IFINDEX[,IFINDEX...] -o IFINDEX -q QUEUES -c CPU[,CPU...] -d DSTMAC -s SRCMAC [-r] [-m MAPFD] [-n RING] [-p FIFO_PRIO]\n");
+	fprintf(stderr, "usage: afxdp-ref -i IFINDEX[,IFINDEX...] -o IFINDEX -q QUEUES -c CPU[,CPU...] -d DSTMAC -s SRCMAC [-r] [-m MAPFD] [-n RING] [-p FIFO_PRIO] [-k KEYBASE[,KEYBASE...]]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
 	int opt;
-	while ((opt = getopt(argc, argv, "i:o:q:c:d:s:rm:n:p:")) != -1) {
+	while ((opt = getopt(argc, argv, "i:o:q:c:d:s:rm:n:p:k:")) != -1) {
 		switch (opt) {
 		case 'i': n_in = parse_list(optarg, in_ifindex, MAX_IN); break;
 		case 'o': out_ifindex = atoi(optarg); break;
@@ -402,6 +404,7 @@ int main(int argc, char **argv)
 		case 'm': map_fd = atoi(optarg); break;
 		case 'n': ring_size = atoi(optarg); break;
 		case 'p': prio = atoi(optarg); break;
+		case 'k': n_keys = parse_list(optarg, key_base, MAX_IN); break;
 		default: usage();
 		}
 	}
