@@ -171,8 +171,8 @@ type WorkerTrial struct {
 	Forwarded uint64 `json:"forwarded"`
 	Dropped   uint64 `json:"dropped"`
 	// WorkNs is ns per received frame spent receiving, looking up,
-	// rewriting and copying; KickNs in sendto (the kernel's copy into an
-	// skb and transmit) and reaping.
+	// rewriting and queueing for send; KickNs in sendto (the kernel's
+	// copy into an skb and transmit) and reaping.
 	WorkNs float64 `json:"work_ns_per_pkt"`
 	KickNs float64 `json:"kick_ns_per_pkt"`
 	// CPUPct is the worker thread's CPU use (user + system) over the trial.

@@ -32,12 +32,22 @@ var source []byte
 // a compiled forwarder to use instead of compiling the embedded source.
 const EnvBinary = "XDPROUTER_AFXDP_REF"
 
-// Binary returns the forwarder's executable: $XDPROUTER_AFXDP_REF, or the
-// embedded source compiled with cc -O2 into the user's cache directory
-// (once per version of the source).
+// Binary returns the forwarder's executable: $XDPROUTER_AFXDP_REF,
+// afxdp-ref next to the running executable (make build puts it beside
+// xdpbench in bin/) when it is newer, or the embedded source compiled with
+// cc -O2 into the user's cache directory (once per version of the
+// source).
 func Binary() (string, error) {
 	if p := os.Getenv(EnvBinary); p != "" {
 		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "afxdp-ref")
+		if bi, err := os.Stat(p); err == nil && bi.Mode()&0o111 != 0 {
+			if ei, err := os.Stat(exe); err == nil && !bi.ModTime().Before(ei.ModTime()) {
+				return p, nil
+			}
+		}
 	}
 	sum := sha256.Sum256(source)
 	dir, err := os.UserCacheDir()
@@ -52,12 +62,23 @@ func Binary() (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("afxdp-ref: %w", err)
 	}
-	src := bin + ".c"
-	if err := os.WriteFile(src, source, 0o644); err != nil {
+	// Private temporary names: concurrent first runs each compile and the
+	// last rename wins, with identical bytes.
+	src, err := os.CreateTemp(dir, "afxdp-ref-*.c")
+	if err != nil {
 		return "", fmt.Errorf("afxdp-ref: %w", err)
 	}
-	tmp := bin + ".tmp"
-	out, err := exec.Command("cc", "-O2", "-Wall", "-o", tmp, src, "-lpthread").CombinedOutput()
+	defer os.Remove(src.Name())
+	_, err = src.Write(source)
+	if cerr := src.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("afxdp-ref: %w", err)
+	}
+	tmp := src.Name() + ".bin"
+	defer os.Remove(tmp)
+	out, err := exec.Command("cc", "-O2", "-Wall", "-o", tmp, src.Name(), "-lpthread").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("compile afxdp-ref (cc, from the gcc package): %w\n%s", err, out)
 	}
@@ -97,6 +118,7 @@ type Config struct {
 // Ref is a running reference forwarder.
 type Ref struct {
 	cmd   *exec.Cmd
+	stdin io.WriteCloser // closed: the forwarder exits (also when we die)
 	lines chan string
 	objs  xskredirectObjects
 	links []link.Link
@@ -176,6 +198,9 @@ func Start(ctx context.Context, cfg Config) (_ *Ref, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
 	// The child inherits the namespace of the thread that starts it.
 	if err := netnsrun.Do(cfg.Namespace, cmd.Start); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
@@ -249,8 +274,13 @@ func (r *Ref) wait() ([]Stats, error) {
 			_ = r.cmd.Process.Kill()
 			errs = append(errs, errors.New("afxdp-ref did not stop within 10 s: killed"))
 			done = true
+			go func() { // let the reader finish
+				for range r.lines {
+				}
+			}()
 		}
 	}
+	_ = r.stdin.Close()
 	if err := r.cmd.Wait(); err != nil {
 		errs = append(errs, fmt.Errorf("afxdp-ref: %w", err))
 	}

@@ -65,8 +65,9 @@ type Config struct {
 	// "poll" sleeps in poll(2) at once; "busy-poll" never sleeps and
 	// polls its queues' NAPI from its own syscalls (SO_PREFER_BUSY_POLL),
 	// only for workers with CPUs of their own; "auto" (default) chooses
-	// busy-poll when every worker's CPU (cpus, or the affinity plan's) is
-	// isolated (isolcpus or nohz_full), else poll.
+	// busy-poll when every worker's CPU (cpus) is isolated (isolcpus or
+	// nohz_full), else poll. The affinity plan never places workers on
+	// isolated CPUs, so auto busy-polls only with cpus given.
 	Idle string `yaml:"idle"`
 	// Metrics is the Prometheus listen address (default 127.0.0.1:9470;
 	// "off" to disable).

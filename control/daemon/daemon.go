@@ -292,7 +292,7 @@ func (d *Daemon) applyEngines(old *Config, cfg Config) error {
 			eng, err := engine.Start(engine.Config{Namespace: cfg.Namespace, Program: d.prog, Table: d.table,
 				Interfaces: afxdp, Egress: others, Queues: cfg.Queues, CPUs: cfg.CPUs,
 				Socket: cfg.socketOptions(), Spin: cfg.Spin, Priority: cfg.WorkerPriority,
-				BusyPoll: busyPoll(cfg.Idle, cfg.CPUs, isolated)})
+				BusyPoll: busyPoll(cfg.Idle, cfg.CPUs, isolated), Logger: slog.Default()})
 			if err != nil {
 				return fmt.Errorf("start AF_XDP engine: %w", err)
 			}

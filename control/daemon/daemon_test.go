@@ -21,7 +21,6 @@ import (
 	"github.com/xdprouter/xdprouter/internal/netnsrun"
 )
 
-// TestConfigValidate: every bad field is named, all at once.
 // TestBusyPoll: idle auto busy-polls only when every worker has a CPU of
 // its own (isolated).
 func TestBusyPoll(t *testing.T) {
@@ -44,6 +43,7 @@ func TestBusyPoll(t *testing.T) {
 	}
 }
 
+// TestConfigValidate: every bad field is named, all at once.
 func TestConfigValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name, yaml string

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ func BenchmarkWorker(b *testing.B) {
 			r := newRig(b, 1)
 			e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
 				Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 256},
-				ports: map[int][]*port{}}
+				ports: map[int][]*port{}, log: slog.New(slog.DiscardHandler)}
 			w := newTestWorker(b, e)
 			e.workers = []*worker{w}
 			defer e.Stop()

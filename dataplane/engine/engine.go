@@ -84,6 +84,8 @@ type Config struct {
 	BusyPoll bool
 	// BusyPollTime is SO_BUSY_POLL (default 20 µs).
 	BusyPollTime time.Duration
+	// Logger gets the engine's events (default: discarded).
+	Logger *slog.Logger
 	// Discard makes the workers receive and free every frame, forwarding
 	// nothing: the RX-only benchmark of the socket layer (xdpbench
 	// scenario afxdp-rx), never a router.
@@ -93,6 +95,7 @@ type Config struct {
 // Engine is a running set of workers.
 type Engine struct {
 	cfg     Config
+	log     *slog.Logger
 	mu      sync.Mutex
 	workers []*worker
 	ports   map[int][]*port // by ifindex, by queue (nil where none)
@@ -166,7 +169,10 @@ func Start(cfg Config) (*Engine, error) {
 		}
 		cfg.Queues = min(cfg.Queues, xdp.MaxQueues)
 	}
-	e := &Engine{cfg: cfg, ports: map[int][]*port{}}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{cfg: cfg, log: cfg.Logger, ports: map[int][]*port{}}
 	// Each worker's UMEM holds Frames for each socket it will have.
 	so := cfg.Socket.WithDefaults()
 	frames := so.Frames * len(slices.Concat(cfg.Interfaces, cfg.Egress))
@@ -213,7 +219,7 @@ func Start(cfg Config) (*Engine, error) {
 			return nil, err
 		}
 	}
-	slog.Info("afxdp engine started", "workers", len(e.workers), "interfaces", len(cfg.Interfaces), "zero_copy", e.zeroCopy(), "idle", e.Idle())
+	e.log.Info("afxdp engine started", "workers", len(e.workers), "interfaces", len(cfg.Interfaces), "zero_copy", e.zeroCopy(), "idle", e.Idle())
 	return e, nil
 }
 
@@ -251,6 +257,9 @@ func (e *Engine) open(ifindex int) error {
 				return fmt.Errorf("busy poll: %w", err)
 			}
 		}
+		// Bound again: a zero-copy socket closed here before has let go
+		// of the queue, and its frames are the worker's again.
+		w.do(func(w *worker) { w.umem.ReclaimQueue(ifindex, q) })
 		ports[q] = &port{s: s, ifindex: ifindex, queue: q, pending: make([]xsk.Desc, 0, s.Options().RingSize)}
 	}
 	e.ports[ifindex] = ports
@@ -260,7 +269,7 @@ func (e *Engine) open(ifindex int) error {
 		}
 	}
 	if n < len(e.workers) {
-		slog.Warn("interface has fewer queues than workers: only its own queues' workers receive there, and frames routed to it go to the kernel",
+		e.log.Warn("interface has fewer queues than workers: only its own queues' workers receive there, and frames routed to it go to the kernel",
 			"ifindex", ifindex, "queues", n, "workers", len(e.workers))
 	}
 	return nil
@@ -338,7 +347,7 @@ func (e *Engine) Rebuild(ifindex int) error {
 	if err := e.publish(ifindex); err != nil {
 		return fmt.Errorf("rebuild ifindex %d: %w", ifindex, err)
 	}
-	slog.Info("afxdp sockets rebuilt", "ifindex", ifindex, "queues", served(e.ports[ifindex]))
+	e.log.Info("afxdp sockets rebuilt", "ifindex", ifindex, "queues", served(e.ports[ifindex]))
 	return err
 }
 
@@ -353,8 +362,9 @@ func served(ports []*port) int {
 	return n
 }
 
-// remove unpublishes ifindex, takes its sockets from the workers (each
-// sends what it queued there first) and closes them.
+// remove unpublishes ifindex, takes its sockets from the workers and
+// closes them; frames still on their rings are not sent (the interface
+// is going down or being rebuilt) and go back to the workers' UMEMs.
 func (e *Engine) remove(ifindex int) error {
 	err := e.unpublish(ifindex)
 	for q, p := range e.ports[ifindex] {
@@ -401,14 +411,14 @@ func (e *Engine) Stop() error {
 	e.closeAll()
 	reserveProcs(-e.procs)
 	e.procs = 0
-	slog.Info("afxdp engine stopped")
+	e.log.Info("afxdp engine stopped")
 	return errors.Join(errs...)
 }
 
 // ErrLeak is returned by Stop when a worker's frames are not all where
 // they belong after draining: a frame lost, used twice, still in flight
 // or on a ring twice.
-var ErrLeak = errors.New("AF_XDP frame accounting")
+var ErrLeak = errors.New("AF_XDP engine stopped with frames astray")
 
 // leaks checks every worker's UMEM at rest: its own accounting (free list,
 // owners, faults), nothing in flight on a tx or rx ring, and each socket
@@ -441,7 +451,7 @@ func (e *Engine) closeAll() {
 		for q, p := range ports {
 			if p != nil {
 				if err := p.s.Close(); err != nil {
-					slog.Warn("close AF_XDP socket", "ifindex", ifindex, "queue", q, "err", err)
+					e.log.Warn("close AF_XDP socket", "ifindex", ifindex, "queue", q, "err", err)
 				}
 				e.workers[q].umem.Reclaim(p.s)
 			}
@@ -453,7 +463,7 @@ func (e *Engine) closeAll() {
 			w.r.Close()
 		}
 		if err := w.umem.Close(); err != nil {
-			slog.Warn("unmap UMEM", "worker", w.q, "err", err)
+			e.log.Warn("unmap UMEM", "worker", w.q, "err", err)
 		}
 	}
 }
@@ -562,7 +572,7 @@ func (e *Engine) Watch(ctx context.Context) error {
 				continue
 			}
 			if err := e.Rebuild(ifindex); err != nil {
-				slog.Error("rebuild afxdp sockets", "ifindex", ifindex, "err", err)
+				e.log.Error("rebuild afxdp sockets", "ifindex", ifindex, "err", err)
 				continue
 			}
 			e.mu.Lock()

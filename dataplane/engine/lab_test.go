@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -426,7 +427,7 @@ func TestRoundAllocs(t *testing.T) {
 	r := newRig(t, 1)
 	e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
 		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 64, Spin: time.Millisecond},
-		ports: map[int][]*port{}}
+		ports: map[int][]*port{}, log: slog.New(slog.DiscardHandler)}
 	w := newTestWorker(t, e) // not started: this goroutine drives it
 	e.workers = []*worker{w}
 	defer func() {

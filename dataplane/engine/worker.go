@@ -43,7 +43,7 @@ type port struct {
 	queue   int
 	recv    atomic.Bool   // registered in the XSKMAP: frames arrive here
 	pending []xsk.Desc    // frames to send this round
-	free    int           // send frames still available this round
+	free    int           // tx ring slots still available this round
 	rx, tx  atomic.Uint64 // received; sent (completed)
 	rxBytes atomic.Uint64
 }
@@ -188,7 +188,17 @@ func (w *worker) round() int {
 		}
 	}
 	if got == 0 {
-		// Completions still come in after the last frame.
+		// Completions still come in after the last frame, and what the
+		// kernel pushed back (EBUSY) is still on a tx ring.
+		for _, p := range w.ports {
+			if p.s.TxPending() > 0 {
+				k, err := p.s.Flush()
+				w.c.kicks.Add(uint64(k))
+				if err != nil {
+					w.c.kickErrors.Add(1)
+				}
+			}
+		}
 		w.reap()
 		return 0
 	}
@@ -236,8 +246,8 @@ func (w *worker) reap() {
 		}
 	}
 	for _, p := range w.ports {
-		if p.recv.Load() {
-			p.s.TopUp(0)
+		if p.recv.Load() && p.s.TopUp(0) > 0 {
+			p.s.Wakeup() // a zero-copy driver that ran dry waits for it
 		}
 	}
 }
@@ -382,11 +392,18 @@ func (w *worker) sleep() {
 		w.pfds = append(w.pfds, unix.PollFd{Fd: int32(p.s.FD()), Events: unix.POLLIN})
 	}
 	w.c.sleeps.Add(1)
+	timeout := pollTimeout
+	for _, p := range w.ports {
+		if p.s.TxPending() > 0 {
+			timeout = time.Millisecond // the kernel pushed back: retry soon
+			break
+		}
+	}
 	if len(w.pfds) == 0 {
-		time.Sleep(pollTimeout)
+		time.Sleep(timeout)
 		return
 	}
-	_, _ = unix.Poll(w.pfds, int(pollTimeout/time.Millisecond))
+	_, _ = unix.Poll(w.pfds, int(timeout/time.Millisecond))
 }
 
 // pollTimeout bounds a sleeping worker's wait, so it sees commands and
@@ -403,8 +420,8 @@ func (w *worker) drain() {
 		for _, p := range w.ports {
 			n := p.s.TxInFlight()
 			inflight += n
-			if p.s.Rings().Tx > 0 {
-				_ = p.s.Kick()
+			if p.s.TxPending() > 0 {
+				_, _ = p.s.Flush()
 			}
 		}
 		if got == 0 && inflight == 0 {

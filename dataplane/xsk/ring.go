@@ -43,9 +43,8 @@ func (r *ring) needWakeup() bool {
 	return r.flags != nil && atomic.LoadUint32(r.flags)&ringNeedWakeup != 0
 }
 
-// free is how many slots a producer can reserve now (at most want): the
-// consumer index is reloaded only when the cached one does not show
-// enough room.
+// free is how many slots a producer can reserve now: the consumer index
+// is reloaded only when the cached one shows fewer than want.
 func (r *ring) free(want uint32) uint32 {
 	n := r.cachedCons + r.size - r.cachedProd
 	if n >= want {
@@ -67,7 +66,8 @@ func (r *ring) reserve(n uint32) (idx, got uint32) {
 // submit publishes every reserved slot to the consumer.
 func (r *ring) submit() { atomic.StoreUint32(r.producer, r.cachedProd) }
 
-// avail is how many entries a consumer can take now (at most want).
+// avail is how many entries a consumer can take now: the producer index
+// is reloaded only when the cached one shows fewer than want.
 func (r *ring) avail(want uint32) uint32 {
 	n := r.cachedProd - r.cachedCons
 	if n >= want {
@@ -95,14 +95,15 @@ func (r *ring) pending() uint32 {
 	return atomic.LoadUint32(r.producer) - atomic.LoadUint32(r.consumer)
 }
 
-// AddrRing is a fill or completion ring: frame addresses.
-type AddrRing struct {
+// addrRing is a fill or completion ring: frame addresses. Only Socket
+// uses it, so every move goes through the UMEM's owner accounting.
+type addrRing struct {
 	ring
 	addrs []uint64
 }
 
-// DescRing is an rx or tx ring: descriptors.
-type DescRing struct {
+// descRing is an rx or tx ring: descriptors.
+type descRing struct {
 	ring
 	descs []Desc
 }
@@ -113,21 +114,21 @@ type ringOffsets struct {
 	Producer, Consumer, Desc, Flags uint64
 }
 
-// newAddrRing lays an AddrRing over mem (a mapping or, in tests, Go
+// newAddrRing lays an addrRing over mem (a mapping or, in tests, Go
 // memory).
-func newAddrRing(mem []byte, off ringOffsets, size uint32) AddrRing {
+func newAddrRing(mem []byte, off ringOffsets, size uint32) addrRing {
 	base := unsafe.Pointer(unsafe.SliceData(mem))
-	return AddrRing{
+	return addrRing{
 		ring: newRing((*uint32)(unsafe.Add(base, off.Producer)), (*uint32)(unsafe.Add(base, off.Consumer)),
 			(*uint32)(unsafe.Add(base, off.Flags)), size),
 		addrs: unsafe.Slice((*uint64)(unsafe.Add(base, off.Desc)), size),
 	}
 }
 
-// newDescRing lays a DescRing over mem.
-func newDescRing(mem []byte, off ringOffsets, size uint32) DescRing {
+// newDescRing lays a descRing over mem.
+func newDescRing(mem []byte, off ringOffsets, size uint32) descRing {
 	base := unsafe.Pointer(unsafe.SliceData(mem))
-	return DescRing{
+	return descRing{
 		ring: newRing((*uint32)(unsafe.Add(base, off.Producer)), (*uint32)(unsafe.Add(base, off.Consumer)),
 			(*uint32)(unsafe.Add(base, off.Flags)), size),
 		descs: unsafe.Slice((*Desc)(unsafe.Add(base, off.Desc)), size),
@@ -141,7 +142,7 @@ func ringBytes(off ringOffsets, size uint32, entry uintptr) int {
 
 // Put produces up to len(addrs) addresses and publishes them; it returns
 // how many fit.
-func (r *AddrRing) Put(addrs []uint64) int {
+func (r *addrRing) Put(addrs []uint64) int {
 	idx, got := r.reserve(uint32(len(addrs)))
 	for i := range got {
 		r.addrs[(idx+i)&r.mask] = addrs[i]
@@ -154,7 +155,7 @@ func (r *AddrRing) Put(addrs []uint64) int {
 
 // Get consumes up to len(out) addresses into out and releases their
 // slots; it returns how many.
-func (r *AddrRing) Get(out []uint64) int {
+func (r *addrRing) Get(out []uint64) int {
 	idx, got := r.peek(uint32(len(out)))
 	for i := range got {
 		out[i] = r.addrs[(idx+i)&r.mask]
@@ -167,7 +168,7 @@ func (r *AddrRing) Get(out []uint64) int {
 
 // Put produces up to len(descs) descriptors and publishes them; it
 // returns how many fit.
-func (r *DescRing) Put(descs []Desc) int {
+func (r *descRing) Put(descs []Desc) int {
 	idx, got := r.reserve(uint32(len(descs)))
 	for i := range got {
 		r.descs[(idx+i)&r.mask] = descs[i]
@@ -180,7 +181,7 @@ func (r *DescRing) Put(descs []Desc) int {
 
 // Get consumes up to len(out) descriptors into out and releases their
 // slots; it returns how many.
-func (r *DescRing) Get(out []Desc) int {
+func (r *descRing) Get(out []Desc) int {
 	idx, got := r.peek(uint32(len(out)))
 	for i := range got {
 		out[i] = r.descs[(idx+i)&r.mask]
@@ -192,23 +193,23 @@ func (r *DescRing) Get(out []Desc) int {
 }
 
 // Free is how many descriptors Put would take now.
-func (r *DescRing) Free() int { return int(r.free(r.size)) }
+func (r *descRing) Free() int { return int(r.free(r.size)) }
 
 // Free is how many addresses Put would take now.
-func (r *AddrRing) Free() int { return int(r.free(r.size)) }
+func (r *addrRing) Free() int { return int(r.free(r.size)) }
 
 // NeedWakeup reports whether the kernel asked for a syscall before it
 // looks at this ring again (need_wakeup mode).
-func (r *DescRing) NeedWakeup() bool { return r.needWakeup() }
+func (r *descRing) NeedWakeup() bool { return r.needWakeup() }
 
 // NeedWakeup reports whether the kernel asked for a syscall before it
 // looks at this ring again (need_wakeup mode).
-func (r *AddrRing) NeedWakeup() bool { return r.needWakeup() }
+func (r *addrRing) NeedWakeup() bool { return r.needWakeup() }
 
 // Pending is how many entries are on the ring as both sides last
 // published.
-func (r *DescRing) Pending() int { return int(r.pending()) }
+func (r *descRing) Pending() int { return int(r.pending()) }
 
 // Pending is how many entries are on the ring as both sides last
 // published.
-func (r *AddrRing) Pending() int { return int(r.pending()) }
+func (r *addrRing) Pending() int { return int(r.pending()) }

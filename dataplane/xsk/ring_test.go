@@ -2,6 +2,7 @@ package xsk
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"unsafe"
@@ -129,17 +130,26 @@ func TestRingNeedWakeup(t *testing.T) {
 
 // fakeSocket is a Socket over fake rings in u, slot by slot, with no file
 // descriptor (a kick fails with EBADF).
-func fakeSocket(t *testing.T, u *UMEM, size uint32) *Socket {
+func fakeSocket(t *testing.T, u *UMEM, size uint32) *Socket { return fakeSocketAt(t, u, size, 0) }
+
+// fakeSocketAt is fakeSocket with every ring's indices starting at start
+// (near 2^32 they wrap during the test).
+func fakeSocketAt(t *testing.T, u *UMEM, size, start uint32) *Socket {
 	t.Helper()
 	s := &Socket{fd: -1, umem: u, TxBudget: txBudget, opts: Options{RingSize: int(size)}}
 	if _, err := u.attach(s); err != nil {
 		t.Fatal(err)
 	}
 	s.bound = true
-	s.fill = newAddrRing(fakeMem(size, 8), fakeOff, size)
-	s.comp = newAddrRing(fakeMem(size, 8), fakeOff, size)
-	s.rx = newDescRing(fakeMem(size, 16), fakeOff, size)
-	s.tx = newDescRing(fakeMem(size, 16), fakeOff, size)
+	ring := func(entry uintptr) []byte {
+		m := fakeMem(size, entry)
+		setIndex(m, start, start)
+		return m
+	}
+	s.fill = newAddrRing(ring(8), fakeOff, size)
+	s.comp = newAddrRing(ring(8), fakeOff, size)
+	s.rx = newDescRing(ring(16), fakeOff, size)
+	s.tx = newDescRing(ring(16), fakeOff, size)
 	return s
 }
 
@@ -161,7 +171,7 @@ func fakeComplete(s *Socket, n uint32, perm func([]uint64)) uint32 {
 	ti, got := kernelSide{&s.tx.ring}.consume(n)
 	addrs := make([]uint64, got)
 	for i := range got {
-		addrs[i] = s.tx.descs[(ti+i)&s.tx.mask].Addr &^ 2047
+		addrs[i] = s.tx.descs[(ti+i)&s.tx.mask].Addr // as sent: base + offset
 	}
 	if perm != nil {
 		perm(addrs)
@@ -184,10 +194,23 @@ func TestUMEMForwardAccounting(t *testing.T) {
 			slices.SortStableFunc(a, func(x, y uint64) int { return int((y>>11)&1) - int((x>>11)&1) })
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		for _, start := range []uint32{0, 1<<32 - 50} {
+			t.Run(fmt.Sprintf("%s/start %#x", tc.name, start), func(t *testing.T) {
+				forwardAccounting(t, start, tc.perm)
+			})
+		}
+	}
+}
+
+// forwardAccounting forwards 40 rounds between two fake sockets whose
+// rings start at start, completing in perm's order, and checks that every
+// frame is accounted for at every step and back at the end.
+func forwardAccounting(t *testing.T, start uint32, perm func([]uint64)) {
+	{
+		{
 			const frames, size = 64, 16
 			u := newUMEM(make([]byte, frames*2048), 2048)
-			in, out := fakeSocket(t, u, size), fakeSocket(t, u, size)
+			in, out := fakeSocketAt(t, u, size, start), fakeSocketAt(t, u, size, start)
 			descs := make([]Desc, 32)
 			forwarded := 0
 			for round := range 40 {
@@ -211,14 +234,14 @@ func TestUMEMForwardAccounting(t *testing.T) {
 					t.Fatalf("round %d: send %d of %d, %d kicks, %v (no need_wakeup: no kick)", round, sent, len(fwd), kicks, err)
 				}
 				forwarded += sent
-				fakeComplete(out, 5, tc.perm)
+				fakeComplete(out, 5, perm)
 				out.Reap()
 				if a := u.Account(); a.Free+a.Worker+a.Kernel[int(in.slot)]+a.Kernel[int(out.slot)] != frames {
 					t.Fatalf("round %d: %+v does not add up to %d frames", round, a, frames)
 				}
 			}
 			for out.TxInFlight() > 0 {
-				fakeComplete(out, size, tc.perm)
+				fakeComplete(out, size, perm)
 				out.Reap()
 			}
 			if forwarded < 100 {
@@ -242,7 +265,7 @@ func TestUMEMForwardAccounting(t *testing.T) {
 			if u.Free() != frames {
 				t.Errorf("free %d after closing every socket, want %d", u.Free(), frames)
 			}
-		})
+		}
 	}
 }
 
@@ -258,8 +281,9 @@ func TestUMEMFaults(t *testing.T) {
 	}
 	// Sending the same frame twice: the second is refused and counted.
 	sent, _, _ := b.Send([]Desc{descs[0], descs[0]})
-	if sent != 1 || u.Faults() != 1 {
-		t.Errorf("sent %d (want 1), faults %d (want 1) for a frame sent twice", sent, u.Faults())
+	if sent != 1 || u.Faults() != 1 || b.TxPending() != 1 || b.tx.descs[0] != descs[0] {
+		t.Errorf("sent %d (want 1), faults %d (want 1), %d on the tx ring (want 1: %+v, got %+v) for a frame sent twice",
+			sent, u.Faults(), b.TxPending(), descs[0], b.tx.descs[0])
 	}
 	// Dropping a frame the worker no longer holds.
 	u.Drop(descs[0].Addr)
@@ -313,6 +337,7 @@ func TestBytesBounds(t *testing.T) {
 		{Desc{Addr: 2000, Len: 100}, 0},         // across two frames
 		{Desc{Addr: 4 * 2048, Len: 1}, 0},       // past the UMEM
 		{Desc{Addr: 1<<64 - 8, Len: 60}, 0},     // wraps
+		{Desc{Addr: 1<<64 - 100, Len: 100}, 0},  // ends exactly at 2^64
 		{Desc{Addr: 0, Len: 0}, 0},
 	} {
 		if got := len(u.Bytes(tc.d)); got != tc.want {
@@ -339,5 +364,102 @@ func TestTopUpLimits(t *testing.T) {
 			t.Fatalf("fill ring holds %#x twice or unaligned: %v", a, s.fill.addrs)
 		}
 		seen[a] = true
+	}
+}
+
+func TestSendMoreThanFits(t *testing.T) {
+	u := newUMEM(make([]byte, 32*2048), 2048)
+	in, out := fakeSocket(t, u, 16), fakeSocket(t, u, 4)
+	in.TopUp(6)
+	fakeReceive(in, 6, 60)
+	descs := make([]Desc, 6)
+	if n := in.Receive(descs); n != 6 {
+		t.Fatalf("received %d, want 6", n)
+	}
+	// A tx ring of 4: two frames do not fit and go back to the free list.
+	sent, _, err := out.Send(descs)
+	if sent != 4 || err != nil || out.TxPending() != 4 {
+		t.Fatalf("sent %d (%v), %d on the ring; want 4, nil, 4", sent, err, out.TxPending())
+	}
+	if a := u.Account(); a.Worker != 0 || a.Free != 32-6+2 || a.Kernel[out.Slot()] != 4 {
+		t.Errorf("after an overfull send: %+v", a)
+	}
+}
+
+func TestTopUpShortFreeList(t *testing.T) {
+	u := newUMEM(make([]byte, 4*2048), 2048)
+	s := fakeSocket(t, u, 8)
+	if n := s.TopUp(0); n != 4 || u.Free() != 0 || s.Rings().Fill != 4 {
+		t.Fatalf("TopUp with 4 free frames and 8 slots: %d, free %d, fill %d", n, u.Free(), s.Rings().Fill)
+	}
+	if n := s.TopUp(0); n != 0 {
+		t.Fatalf("TopUp with an empty free list: %d", n)
+	}
+}
+
+func TestReclaim(t *testing.T) {
+	u := newUMEM(make([]byte, 16*2048), 2048)
+	a := fakeSocket(t, u, 8)
+	a.TopUp(6)
+	fakeReceive(a, 2, 60)
+	descs := make([]Desc, 2)
+	a.Receive(descs) // the worker holds 2, the kernel 4 (fill ring)
+	a.bound = false  // closed
+	if n := u.Reclaim(a); n != 4 {
+		t.Errorf("reclaimed %d, want the 4 on the fill ring", n)
+	}
+	if acc := u.Account(); acc.Worker != 2 || acc.Free != 14 {
+		t.Errorf("after Reclaim: %+v, want the worker's 2 untouched", acc)
+	}
+	u.Drop(descs[0].Addr)
+	u.Drop(descs[1].Addr)
+
+	// Zero-copy: the driver may still write into the frames until a new
+	// socket binds the queue, so they wait.
+	z := fakeSocket(t, u, 8)
+	z.Ifindex, z.Queue, z.ZeroCopy = 7, 1, true
+	z.TopUp(5)
+	z.bound = false
+	if n := u.Reclaim(z); n != 0 {
+		t.Errorf("zero-copy Reclaim gave back %d at once, want 0", n)
+	}
+	if err := u.Check(); err != nil {
+		t.Errorf("retired frames are accounted: %v", err)
+	}
+	if n := u.ReclaimQueue(7, 0); n != 0 {
+		t.Errorf("ReclaimQueue of another queue gave back %d", n)
+	}
+	if n := u.ReclaimQueue(7, 1); n != 5 || u.Free() != 16 {
+		t.Errorf("ReclaimQueue gave back %d (want 5), free %d (want 16)", n, u.Free())
+	}
+	if err := u.Check(); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestFlushAndWakeup(t *testing.T) {
+	u := newUMEM(make([]byte, 16*2048), 2048)
+	s := fakeSocket(t, u, 8)
+	if s.Wakeup() {
+		t.Error("Wakeup without the fill ring's flag")
+	}
+	*s.fill.flags = ringNeedWakeup
+	if !s.Wakeup() {
+		t.Error("no Wakeup with the fill ring's flag")
+	}
+	if k, err := s.Flush(); k != 0 || err != nil {
+		t.Errorf("Flush of an empty tx ring: %d kicks, %v", k, err)
+	}
+	s.TopUp(2)
+	fakeReceive(s, 2, 60)
+	descs := make([]Desc, 2)
+	s.Receive(descs)
+	s.Send(descs) // no need_wakeup: stays on the ring, no kick
+	if s.TxPending() != 2 {
+		t.Fatalf("%d on the tx ring, want 2", s.TxPending())
+	}
+	*s.tx.flags = ringNeedWakeup
+	if k, err := s.Flush(); k != 1 || !errors.Is(err, ErrKick) {
+		t.Errorf("Flush with need_wakeup on no socket: %d kicks, %v; want 1, ErrKick", k, err)
 	}
 }

@@ -89,16 +89,17 @@ type Socket struct {
 	// the kernel has XDP_MAX_TX_SKB_BUDGET, else 32.
 	TxBudget int
 
-	fd    int
-	umem  *UMEM
-	slot  uint8 // in the UMEM: its frames are owned by ownerSocket+slot
-	bound bool  // bound, so others can share the UMEM through it
-	opts  Options
-	fill  AddrRing
-	comp  AddrRing
-	rx    DescRing
-	tx    DescRing
-	maps  [4][]byte // rx, tx, fill, completion mappings
+	fd      int
+	umem    *UMEM
+	slot    uint8 // in the UMEM: its frames are owned by ownerSocket+slot
+	bound   bool  // bound, so others can share the UMEM through it
+	retired bool  // closed in zero-copy mode: frames wait for ReclaimQueue
+	opts    Options
+	fill    addrRing
+	comp    addrRing
+	rx      descRing
+	tx      descRing
+	maps    [4][]byte // rx, tx, fill, completion mappings
 }
 
 // Open creates a socket bound to queue q of ifindex inside the named
@@ -212,6 +213,11 @@ func (s *Socket) open() error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err != nil {
+		if shareFD >= 0 && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
+			// A shared socket takes the mode of the one that registered
+			// the UMEM: zero-copy there, a device without it here.
+			return fmt.Errorf("bind sharing the worker's UMEM: %w (every interface of a worker shares one UMEM and its copy or zero-copy mode: with mixed hardware set socket copy)", err)
+		}
 		return fmt.Errorf("bind (flags %#x): %w", sa.Flags, err)
 	}
 	var xo struct{ Flags uint32 }
@@ -292,17 +298,15 @@ func (s *Socket) Receive(out []Desc) int {
 // TxFree is how many descriptors Send can put on the tx ring now.
 func (s *Socket) TxFree() int { return int(s.tx.free(s.tx.size)) }
 
-// ErrKick is wrapped by Send and Kick errors from the sendto that starts
-// transmission.
+// ErrKick is returned by Send, and wrapped by Kick errors, when the
+// sendto that starts transmission fails (Send does not allocate an error
+// on the hot path: Kick says why).
 var ErrKick = errors.New("AF_XDP tx kick")
 
-// Send puts descriptors of frames the worker holds on the tx ring and,
-// when the kernel asks for it (need_wakeup; always in copy mode), makes
-// it send them: in copy mode each sendto sends at most TxBudget frames,
-// so Send calls it until the ring is drained, the kernel pushes back, or
-// an error. Frames that do not fit the ring are dropped (the caller
-// checked TxFree, so only after an error). It returns how many frames
-// went on the ring and the number of sendto calls.
+// Send puts descriptors of frames the worker holds on the tx ring and
+// kicks transmission (Flush). Frames that do not fit the ring are dropped
+// (the caller checked TxFree, so only after an error). It returns how
+// many frames went on the ring and the number of sendto calls.
 func (s *Socket) Send(descs []Desc) (sent, kicks int, err error) {
 	u, own := s.umem, ownerSocket+s.slot
 	idx, got := s.tx.reserve(uint32(len(descs)))
@@ -322,27 +326,41 @@ func (s *Socket) Send(descs []Desc) (sent, kicks int, err error) {
 	if k == 0 {
 		return 0, 0, nil
 	}
-	got = k
 	s.tx.submit()
-	if !s.tx.needWakeup() {
-		return int(got), 0, nil
+	kicks, err = s.Flush()
+	return int(k), kicks, err
+}
+
+// Flush makes the kernel send what is on the tx ring, when it asks for it
+// (need_wakeup; always in copy mode): each sendto sends at most TxBudget
+// frames, so Flush calls it until the ring is drained, the kernel pushes
+// back (EBUSY, ENOBUFS: a later Flush sends the rest), or an error
+// (ErrKick). It returns the number of sendto calls.
+func (s *Socket) Flush() (kicks int, err error) {
+	pending := s.tx.pending()
+	if pending == 0 || !s.tx.needWakeup() {
+		return 0, nil
 	}
-	limit := int(got)/s.TxBudget + 2
+	limit := int(pending)/s.TxBudget + 2
 	for kicks < limit {
 		kicks++
 		switch e := s.kick(); e {
 		case 0, unix.EAGAIN: // EAGAIN: the budget is used up, more to send
 		case unix.EBUSY, unix.ENOBUFS:
-			return int(got), kicks, nil // the kernel pushes back: the next round sends them
+			return kicks, nil
 		default:
-			return int(got), kicks, fmt.Errorf("%w: ifindex %d queue %d: %w", ErrKick, s.Ifindex, s.Queue, e)
+			return kicks, ErrKick
 		}
 		if s.tx.pending() == 0 {
 			break
 		}
 	}
-	return int(got), kicks, nil
+	return kicks, nil
 }
+
+// TxPending is how many frames are on the tx ring, not yet taken by the
+// kernel.
+func (s *Socket) TxPending() int { return int(s.tx.pending()) }
 
 // Kick calls sendto once so the kernel sends what is on the tx ring.
 func (s *Socket) Kick() error {
@@ -493,7 +511,7 @@ func (s *Socket) release() error {
 			s.maps[i] = nil
 		}
 	}
-	s.fill, s.comp, s.rx, s.tx = AddrRing{}, AddrRing{}, DescRing{}, DescRing{}
+	s.fill, s.comp, s.rx, s.tx = addrRing{}, addrRing{}, descRing{}, descRing{}
 	if s.fd >= 0 {
 		if err := unix.Close(s.fd); err != nil {
 			errs = append(errs, err)

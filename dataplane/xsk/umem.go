@@ -20,7 +20,10 @@ import (
 // kernel through one socket (on its fill, rx, tx or completion ring, or
 // held by the driver). Each move checks the owner it expects, so a frame
 // used twice or given back by the wrong socket is counted (Faults), never
-// silently reused; Account proves at rest that no frame is lost.
+// silently reused; Check proves at rest that every frame has one owner
+// and none is left with the worker or a closed socket (frames the kernel
+// holds through an open socket are counted, not proven: the kernel does
+// not say which).
 //
 // A UMEM, like its sockets, is used by one goroutine; only socket slots
 // (Open, Close) are locked.
@@ -93,7 +96,7 @@ func (u *UMEM) Faults() uint64 { return u.faults }
 // bad one from panicking the worker).
 func (u *UMEM) Bytes(d Desc) []byte {
 	end := d.Addr + uint64(d.Len)
-	if end > uint64(len(u.mem)) || d.Addr>>u.shift != (end-1)>>u.shift || d.Len == 0 {
+	if d.Addr >= uint64(len(u.mem)) || end > uint64(len(u.mem)) || end <= d.Addr || d.Addr>>u.shift != (end-1)>>u.shift {
 		return nil
 	}
 	return u.mem[d.Addr:end:end]
@@ -172,17 +175,52 @@ func (u *UMEM) detach(s *Socket) {
 // Reclaim returns to the free list every frame the kernel held through a
 // socket that is closed: what was on its rings, or held by its driver,
 // went with it. Call it from the UMEM's goroutine after the socket's
-// Close.
+// Close. A zero-copy driver may still write into its frames until the
+// kernel's deferred release detaches the queue, so a zero-copy socket's
+// frames stay retired (owned by its closed slot) until ReclaimQueue sees a
+// new socket bound to the same queue; it returns 0 then.
 func (u *UMEM) Reclaim(s *Socket) int {
+	if s.ZeroCopy {
+		u.mu.Lock()
+		s.retired = true
+		u.mu.Unlock()
+		return 0
+	}
+	n := u.reclaimSlot(s.slot)
+	u.detach(s)
+	return n
+}
+
+// ReclaimQueue returns the frames of retired zero-copy sockets of
+// (ifindex, queue): a socket bound there again means the kernel released
+// the old one's hold on the queue. Call it from the UMEM's goroutine.
+func (u *UMEM) ReclaimQueue(ifindex, queue int) int {
+	var old []*Socket
+	u.mu.Lock()
+	for _, o := range u.sockets {
+		if o != nil && o.retired && o.Ifindex == ifindex && o.Queue == queue {
+			old = append(old, o)
+		}
+	}
+	u.mu.Unlock()
+	n := 0
+	for _, o := range old {
+		n += u.reclaimSlot(o.slot)
+		u.detach(o)
+	}
+	return n
+}
+
+// reclaimSlot frees every frame owned through slot.
+func (u *UMEM) reclaimSlot(slot uint8) int {
 	n := 0
 	for i, o := range u.owner {
-		if o == ownerSocket+s.slot {
+		if o == ownerSocket+slot {
 			u.owner[i] = ownerFree
 			u.free = append(u.free, uint64(i)<<u.shift)
 			n++
 		}
 	}
-	u.detach(s)
 	return n
 }
 
@@ -244,7 +282,7 @@ func (u *UMEM) Check() error {
 	}
 	u.mu.Lock()
 	for slot, n := range a.Kernel {
-		if u.sockets[slot] == nil {
+		if o := u.sockets[slot]; o == nil || (!o.bound && !o.retired) {
 			errs = append(errs, fmt.Errorf("%d frames held through closed socket slot %d", n, slot))
 		}
 	}

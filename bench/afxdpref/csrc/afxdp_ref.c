@@ -7,14 +7,17 @@
 // (XDP_MAX_TX_SKB_BUDGET, Linux 6.17+; else 32), and poll() as soon as
 // every rx ring is empty. Every frame goes to one next hop: MACs
 // rewritten, TTL or hop limit decremented (IPv4 checksum updated
-// incrementally), no route lookup. With -r it only receives and gives
-// the frames back (RX-only).
+// incrementally), no route lookup and no header validation beyond the
+// EtherType and the lengths the rewrite touches (the engine also checks
+// the IP version, header and total lengths). With -r it only receives
+// and gives the frames back (RX-only).
 //
 // The XDP program and its XSKMAP are the caller's: the map's fd is
 // inherited (-m, default 3) and each receiving socket is put at key
 // (ifindex % 64) * 64 + queue, or KEYBASE + queue with -k (one base per
 // -i interface: another program's XSKMAP layout, such as xdprouter's). It prints "ready" once every socket is
-// registered and, after SIGINT or SIGTERM, one line of counters per
+// registered and, after SIGINT or SIGTERM (or when stdin closes: its
+// parent is gone), one line of counters per
 // thread (with its user and system CPU time since it was ready).
 //
 // Usage: afxdp-ref -i IFINDEX[,IFINDEX...] -o IFINDEX -q QUEUES
@@ -266,6 +269,18 @@ static void kick(struct worker *w, struct sock *s, uint32_t queued)
 	}
 }
 
+// watch_stdin ends the program when its parent goes away (stdin closes),
+// so no forwarder outlives the benchmark that started it.
+static void *watch_stdin(void *arg)
+{
+	(void)arg;
+	char buf[64];
+	while (read(0, buf, sizeof(buf)) > 0)
+		;
+	kill(getpid(), SIGTERM);
+	return NULL;
+}
+
 static void *run(void *arg)
 {
 	struct worker *w = arg;
@@ -314,6 +329,7 @@ ready:
 		return NULL;
 
 	struct sock *out = &w->s[n_in];
+	uint64_t umem_len = (uint64_t)frames_per_sock * (n_in + 1) * FRAME_SIZE;
 	// CPU time is counted from here: setup (mapping and populating the
 	// UMEM) is not forwarding.
 	struct rusage ru0 = {0}, ru;
@@ -331,10 +347,14 @@ ready:
 			if (!n)
 				continue;
 			struct xdp_desc *rd = s->rx.descs;
-			uint32_t room = rx_only ? 0 : prod_free(&out->tx, n);
+			uint32_t room = rx_only ? 0 : prod_free(&out->tx, queued + n);
 			struct xdp_desc *td = out->tx.descs;
 			for (uint32_t j = 0; j < n; j++) {
 				struct xdp_desc d = rd[(s->rx.cached_cons + j) & s->rx.mask];
+				if (d.addr >= umem_len || d.len > FRAME_SIZE || (d.addr & (FRAME_SIZE - 1)) + d.len > FRAME_SIZE) {
+					w->drop++; // not a frame of ours: never from this kernel
+					continue;
+				}
 				if (!rx_only && queued < room && rewrite(w->umem + d.addr, d.len)) {
 					td[(out->tx.cached_prod + queued) & out->tx.mask] = d;
 					queued++;
@@ -355,12 +375,15 @@ ready:
 			w->tx += queued;
 			kick(w, out, queued);
 		}
+		int left = __atomic_load_n(out->tx.cons, __ATOMIC_ACQUIRE) != out->tx.cached_prod;
+		if (!queued && left)
+			kick(w, out, out->tx.cached_prod - *out->tx.cons); // what the kernel pushed back
 		reap(w, out);
 		for (int i = 0; i < n_in; i++)
 			top_up(w, &w->s[i]);
 		if (!got) {
 			w->polls++;
-			poll(pfd, n_in, 100);
+			poll(pfd, n_in, left ? 1 : 100);
 		}
 	}
 	if (getrusage(RUSAGE_THREAD, &ru) == 0) {
@@ -408,7 +431,7 @@ int main(int argc, char **argv)
 		default: usage();
 		}
 	}
-	if (!n_in || !out_ifindex || nq <= 0 || nq > MAX_Q || !ncpus || ring_size & (ring_size - 1))
+	if (!n_in || !out_ifindex || nq <= 0 || nq > MAX_Q || !ncpus || !ring_size || ring_size & (ring_size - 1))
 		usage();
 	if (frames_per_sock < 2 * ring_size)
 		frames_per_sock = 2 * ring_size;
@@ -423,6 +446,8 @@ int main(int argc, char **argv)
 		ws[q].cpu = cpus[q % ncpus];
 		pthread_create(&ws[q].th, NULL, run, &ws[q]);
 	}
+	pthread_t watcher;
+	pthread_create(&watcher, NULL, watch_stdin, NULL);
 	pthread_mutex_lock(&mu);
 	while (ready_count < nq)
 		pthread_cond_wait(&cv, &mu);
