@@ -56,7 +56,7 @@ struct fib_nexthop {
 	__u8 flags;
 	__u8 dmac[6];
 	__u8 smac[6];
-	__u32 pad;
+	__u32 gen; /* new on every write of the entry (0: never handed on) */
 };
 
 struct fib_ecmp {

@@ -310,7 +310,28 @@ struct hop {
 	__u16 mtu; // 0: checked by the lookup already
 	__u8 smac[6];
 	__u8 dmac[6];
+	__u32 id, gen; // the FIB nexthop and its generation (0: not from the FIB)
 };
+
+// xsk_meta is what engine afxdp hands its worker in front of each frame
+// (XDP metadata, which AF_XDP copies into the UMEM too): the nexthop this
+// program's lookup chose and that entry's generation. The worker forwards
+// by it when the entry is unchanged (same generation), else looks up
+// again; it clears magic after reading, so a frame that came without
+// metadata never reads an older frame's.
+struct xsk_meta {
+	__u32 id;
+	__u32 gen;
+	__u32 magic;
+};
+
+#define XSK_META_MAGIC 0x78647231 // "xdr1"
+
+// xsk_meta_layout puts struct xsk_meta and its magic into the object, so
+// bpf2go generates the Go twin (-type xsk_meta) and the loader can check
+// the magic; the program never reads it.
+volatile const struct xsk_meta xsk_meta_layout = {.magic = XSK_META_MAGIC};
+
 
 struct pkt {
 	void *data;
@@ -382,6 +403,8 @@ static __always_inline int resolve(struct pkt *p, __u32 res, __u32 hash, struct 
 	h->mtu = nh->mtu;
 	__builtin_memcpy(h->smac, nh->smac, 6);
 	__builtin_memcpy(h->dmac, nh->dmac, 6);
+	h->id = id;
+	h->gen = nh->gen;
 	return 0;
 }
 
@@ -461,11 +484,21 @@ static __always_inline int send(struct pkt *p, struct hop *h, __u32 l3len, __u32
 // to_xsk steers a frame to the AF_XDP socket of its queue, without the
 // excess bytes that follow the IP packet (Ethernet padding, trailers:
 // Linux trims them, and so do we).
-static __always_inline int to_xsk(struct pkt *p, __u32 excess)
+static __always_inline int to_xsk(struct pkt *p, struct hop *h, __u32 excess)
 {
 	__u32 key = p->cfg->slot * MAX_QUEUES + p->ctx->rx_queue_index;
 	if (excess && bpf_xdp_adjust_tail(p->ctx, -(int)excess))
 		return drop(p, C_DROP_MALFORMED);
+	// Hand the worker this lookup's nexthop (best effort: without
+	// metadata support it looks up again).
+	if (h->gen && bpf_xdp_adjust_meta(p->ctx, -(int)sizeof(struct xsk_meta)) == 0) {
+		struct xsk_meta *m = (void *)(long)p->ctx->data_meta;
+		if ((void *)(m + 1) <= (void *)(long)p->ctx->data) {
+			m->id = h->id;
+			m->gen = h->gen;
+			m->magic = XSK_META_MAGIC;
+		}
+	}
 	if (bpf_redirect_map(&xsks, key, XDP_PASS) == XDP_REDIRECT) {
 		p->c->c[C_TO_AFXDP]++;
 		return XDP_REDIRECT;
@@ -600,7 +633,7 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 	if (ip[8] <= 1)
 		return pass(p, C_PASS_TTL);
 
-	struct hop h;
+	struct hop h = {};
 	int act = XDP_PASS;
 	if (fib_source == SOURCE_STATIC) {
 		static_resolve(&h);
@@ -646,7 +679,7 @@ static __always_inline int handle_v4(struct pkt *p, void *l3)
 	if (act >= 0)
 		return act;
 	if (p->cfg->engine == ENGINE_AFXDP)
-		return to_xsk(p, excess);
+		return to_xsk(p, &h, excess);
 	// RFC 1624: HC' = ~(~HC + ~m + m'), m the 16-bit word holding the TTL.
 	__u16 old = *(__u16 *)(ip + 8);
 	ip[8]--;
@@ -711,7 +744,7 @@ static __always_inline int handle_v6(struct pkt *p, void *l3)
 	if (ip[7] <= 1)
 		return pass(p, C_PASS_TTL);
 
-	struct hop h;
+	struct hop h = {};
 	int act = XDP_PASS;
 	if (fib_source == SOURCE_STATIC) {
 		static_resolve(&h);
@@ -749,7 +782,7 @@ static __always_inline int handle_v6(struct pkt *p, void *l3)
 	if (act >= 0)
 		return act;
 	if (p->cfg->engine == ENGINE_AFXDP)
-		return to_xsk(p, excess);
+		return to_xsk(p, &h, excess);
 	ip[7]--;
 	return redirect(p, &h, excess);
 }

@@ -2,11 +2,12 @@
 // locked to an OS thread pinned to CPU plan[q], and it alone owns queue q
 // of every interface (one AF_XDP socket each, all over one UMEM of the
 // worker's), so no ring has two users and nothing is locked on the hot
-// path. A worker receives a batch from each of its sockets, looks the
-// batch up in the FIB, rewrites each frame in place (MACs, TTL or hop
-// limit, checksum), moves its descriptor to the tx ring of the egress
-// interface's socket for the same queue (no copy), kicks transmission,
-// reaps completions and refills the fill rings.
+// path. A worker receives a batch from each of its sockets, takes each
+// frame's nexthop from the program's handoff in front of it (while that
+// entry is unchanged) or looks the frame up in the FIB, rewrites it in
+// place (MACs, TTL or hop limit, checksum), moves its descriptor to the
+// tx ring of the egress interface's socket for the same queue (no copy),
+// kicks transmission, reaps completions and refills the fill rings.
 package engine
 
 import (

@@ -188,6 +188,13 @@ func TestForwardExact(t *testing.T) {
 	if rx != sent || fwd != sent || dropped != 0 {
 		t.Errorf("workers: rx %d, forwarded %d, dropped %d; want %d, %d, 0", rx, fwd, dropped, sent, sent)
 	}
+	var handoff uint64
+	for _, w := range ws {
+		handoff += w.Handoff
+	}
+	if handoff != fwd {
+		t.Errorf("%d of %d frames forwarded by the program's handoff, want all (the nexthop never changed)", handoff, fwd)
+	}
 	for _, w := range ws {
 		if w.RxPackets == 0 {
 			t.Errorf("worker %d (CPU %d) received nothing: both queues must be used", w.Queue, w.CPU)
@@ -407,6 +414,79 @@ func TestBusyPoll(t *testing.T) {
 	}
 	if err := r.eng.Stop(); err != nil {
 		t.Errorf("stop: %v", err)
+	}
+}
+
+// TestHandoff: the worker forwards by the nexthop the program's lookup
+// handed over only while that entry is unchanged. Frames wait on the rx
+// rings (the worker is driven by hand); the nexthop changes under them;
+// the worker must look them up again (no handoff) and send them by the
+// entry as it is now; frames steered after the change use the handoff.
+func TestHandoff(t *testing.T) {
+	r := newRig(t, 1)
+	e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
+		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 64},
+		ports: map[int][]*port{}, log: slog.New(slog.DiscardHandler)}
+	w := newTestWorker(t, e)
+	e.workers = []*worker{w}
+	defer func() {
+		if err := e.Stop(); err != nil {
+			t.Error(err)
+		}
+	}()
+	for _, ifindex := range []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index, r.lab.Egress.A.Index} {
+		if err := e.open(ifindex); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.publish(ifindex); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eg := r.lab.Egress
+	setNH := func(mac net.HardwareAddr) {
+		if err := r.tb.SetNexthop(1, fib.Nexthop{Ifindex: eg.A.Index, SrcMAC: eg.A.MAC, DstMAC: mac, MTU: 1500, State: fib.Resolved}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain := func() {
+		for w.round() > 0 {
+		}
+	}
+	var sent uint64
+	for _, tc := range []struct {
+		name        string
+		change      net.HardwareAddr // nexthop 1's MAC set while the frames wait (nil: none)
+		wantHandoff bool
+		wantForeign bool
+	}{
+		{"unchanged", nil, true, false},
+		{"changed while waiting", foreignMAC, false, true},
+		{"steered after the change", nil, true, true},
+		{"changed back", eg.B.MAC, false, false},
+	} {
+		before, _ := r.sink.Counters()
+		h0, f0 := w.c.handoff.Load(), w.c.forwarded.Load()
+		res := r.send(t, gen.Config{Count: 1000, Rate: 100000})
+		sent += res.Sent
+		if tc.change != nil {
+			setNH(tc.change)
+		}
+		drain()
+		got, err := r.sink.WaitMatched(context.Background(), sent, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		handoff, fwd := w.c.handoff.Load()-h0, w.c.forwarded.Load()-f0
+		foreign := got.MatchedForeignMAC - before.MatchedForeignMAC
+		if fwd != res.Sent || got.MatchedPackets != sent {
+			t.Errorf("%s: forwarded %d, sink matched %d in total; want %d and %d", tc.name, fwd, got.MatchedPackets, res.Sent, sent)
+		}
+		if want := map[bool]uint64{true: res.Sent}[tc.wantHandoff]; handoff != want {
+			t.Errorf("%s: %d frames forwarded by the program's handoff, want %d", tc.name, handoff, want)
+		}
+		if want := map[bool]uint64{true: res.Sent}[tc.wantForeign]; foreign != want {
+			t.Errorf("%s: %d frames to the changed MAC, want %d (sent by the entry as it is when forwarded)", tc.name, foreign, want)
+		}
 	}
 }
 

@@ -21,6 +21,9 @@ type WorkerStats struct {
 	Forwarded      uint64            `json:"forwarded"`
 	ForwardedBytes uint64            `json:"forwarded_bytes"`
 	Drops          map[string]uint64 `json:"drops"`
+	// Handoff counts frames forwarded by the nexthop the XDP program's
+	// lookup handed over (unchanged since): no second lookup.
+	Handoff uint64 `json:"handoff"`
 	// Kicks are sendto calls (copy mode sends at most 32 frames a call),
 	// KickErrors those that failed with something else than back-pressure.
 	Kicks      uint64 `json:"kicks"`
@@ -70,7 +73,7 @@ func (e *Engine) Stats() []WorkerStats {
 	for q, w := range e.workers {
 		s := WorkerStats{Queue: q, CPU: w.cpu, TID: int(w.tid.Load()),
 			RxPackets: w.c.rx.Load(), RxBytes: w.c.rxBytes.Load(),
-			Forwarded: w.c.forwarded.Load(), ForwardedBytes: w.c.forwardedBytes.Load(),
+			Forwarded: w.c.forwarded.Load(), ForwardedBytes: w.c.forwardedBytes.Load(), Handoff: w.c.handoff.Load(),
 			Kicks: w.c.kicks.Load(), KickErrors: w.c.kickErrors.Load(), Sleeps: w.c.sleeps.Load(), Rounds: w.c.rounds.Load(),
 			WorkNs: w.c.workNs.Load(), KickNs: w.c.kickNs.Load(), Drops: map[string]uint64{}}
 		for r := range numReasons {

@@ -5,11 +5,13 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/xdprouter/xdprouter/dataplane/fib"
 	"github.com/xdprouter/xdprouter/dataplane/packet"
+	"github.com/xdprouter/xdprouter/dataplane/xdp"
 	"github.com/xdprouter/xdprouter/dataplane/xsk"
 )
 
@@ -54,6 +56,7 @@ type counters struct {
 	rx, rxBytes, forwarded, forwardedBytes atomic.Uint64
 	drops                                  [numReasons]atomic.Uint64
 	kicks, kickErrors, sleeps, rounds      atomic.Uint64
+	handoff                                atomic.Uint64
 	workNs, kickNs                         atomic.Uint64
 }
 
@@ -84,6 +87,8 @@ type worker struct {
 	r6    []fib.Result
 	res   []fib.Result
 	ok    []bool
+	fast  []bool // forwarded by the program's handoff (nh)
+	nh    []fib.NexthopEntry
 	drop  [numReasons]uint64
 	pfds  []unix.PollFd
 	prio  int // SCHED_FIFO priority; 0: normal scheduling
@@ -95,7 +100,7 @@ func newWorker(e *Engine, q, cpu int, u *xsk.UMEM) *worker {
 		r: e.cfg.Table.NewReader(), batch: b, spin: e.cfg.Spin, prio: e.cfg.Priority,
 		descs: make([]xsk.Desc, b), a4: make([]uint32, b), i4: make([]int32, b), r4: make([]fib.Result, b),
 		a6: make([][16]byte, b), i6: make([]int32, b), r6: make([]fib.Result, b),
-		res: make([]fib.Result, b), ok: make([]bool, b)}
+		res: make([]fib.Result, b), ok: make([]bool, b), fast: make([]bool, b), nh: make([]fib.NexthopEntry, b)}
 }
 
 // run is the worker's goroutine: locked to its thread, the thread pinned
@@ -275,9 +280,17 @@ func (w *worker) receive(p *port) int {
 	}
 	var bytes uint64
 	n4, n6 := 0, 0
+	// Frames the program handed a nexthop with (unchanged since) skip
+	// the parse and the second lookup.
+	w.r.Begin()
 	for i := range descs {
 		f := u.Bytes(descs[i])
 		bytes += uint64(len(f))
+		w.fast[i] = false
+		if f != nil && w.handoff(descs[i], &w.nh[i]) {
+			w.fast[i], w.ok[i] = true, true
+			continue
+		}
 		fam, a4, err := packet.Dst(f, &w.a6[n6])
 		w.ok[i] = err == nil
 		switch {
@@ -292,6 +305,7 @@ func (w *worker) receive(p *port) int {
 			n6++
 		}
 	}
+	w.r.End()
 	p.rx.Add(uint64(n))
 	p.rxBytes.Add(bytes)
 	w.c.rx.Add(uint64(n))
@@ -311,7 +325,7 @@ func (w *worker) receive(p *port) int {
 	for _, eg := range w.ports {
 		eg.free = eg.s.TxFree() - len(eg.pending)
 	}
-	var fwd, fwdBytes uint64
+	var fwd, fwdBytes, fast uint64
 	// A second read section: the results name nexthops by ID, and an ID
 	// removed in between reads as missing (dropped, never misrouted).
 	w.r.Begin()
@@ -320,10 +334,19 @@ func (w *worker) receive(p *port) int {
 			continue
 		}
 		f := u.Bytes(descs[i])
-		if r := w.forward(f, descs[i], w.res[i]); r >= 0 {
+		var r Reason
+		if w.fast[i] {
+			r = w.send(f, descs[i], &w.nh[i])
+		} else {
+			r = w.forward(f, descs[i], w.res[i])
+		}
+		if r >= 0 {
 			w.drop[r]++
 			u.Drop(descs[i].Addr)
 			continue
+		}
+		if w.fast[i] {
+			fast++
 		}
 		fwd++
 		fwdBytes += uint64(len(f))
@@ -331,7 +354,31 @@ func (w *worker) receive(p *port) int {
 	w.r.End()
 	w.c.forwarded.Add(fwd)
 	w.c.forwardedBytes.Add(fwdBytes)
+	w.c.handoff.Add(fast)
 	return n
+}
+
+// handoff reads the nexthop the program handed over in front of frame d
+// (xdp.XSKMeta) into nh, and reports whether it is still the entry the
+// program saw (same generation, resolved). It clears the mark, so a later
+// frame in this chunk that came without metadata never reads it. Call it
+// between Begin and End.
+func (w *worker) handoff(d xsk.Desc, nh *fib.NexthopEntry) bool {
+	b := w.umem.Meta(d, xdp.XSKMetaSize)
+	if b == nil {
+		return false
+	}
+	m := (*xdp.XSKMeta)(unsafe.Pointer(unsafe.SliceData(b)))
+	if m.Magic != xdp.XSKMetaMagic {
+		return false
+	}
+	m.Magic = 0
+	e, ok := w.r.Nexthop(m.Id)
+	if !ok || e.Gen != m.Gen || e.State != fib.Resolved {
+		return false
+	}
+	*nh = e
+	return true
 }
 
 // forward rewrites frame f (descriptor d) for its route and queues d on
@@ -354,6 +401,12 @@ func (w *worker) forward(f []byte, d xsk.Desc, res fib.Result) Reason {
 	if !ok || nh.State != fib.Resolved {
 		return DropNeighbour
 	}
+	return w.send(f, d, &nh)
+}
+
+// send rewrites f (descriptor d) for a resolved nexthop and queues d on
+// the egress socket; it returns the drop reason, or -1 when queued.
+func (w *worker) send(f []byte, d xsk.Desc, nh *fib.NexthopEntry) Reason {
 	if nh.MTU != 0 && packet.L3Len(f) > int(nh.MTU) {
 		return DropMTU
 	}

@@ -43,7 +43,10 @@ type NexthopEntry struct {
 	Flags   uint8
 	DstMAC  [6]byte
 	SrcMAC  [6]byte
-	_       [4]byte
+	// Gen is new on every write of the entry (never 0), so whoever holds
+	// a nexthop ID and the Gen it saw (the XDP program hands both to the
+	// AF_XDP worker) can tell that the entry has not changed since.
+	Gen uint32
 }
 
 type nhEntry = NexthopEntry
@@ -209,6 +212,10 @@ func (t *Table) SetNexthop(id uint32, nh Nexthop) error {
 	copy(e.DstMAC[:], nh.DstMAC)
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.nhGen++; t.nhGen == 0 {
+		t.nhGen++
+	}
+	e.Gen = t.nhGen
 	return t.nh.set(id, e)
 }
 

@@ -23,6 +23,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -83,6 +84,10 @@ type Table struct {
 	v4, v6 *trie
 	nh     *slots[nhEntry]
 	ecmp   *slots[ecmpEntry]
+	// nhGen numbers nexthop writes (NexthopEntry.Gen). It starts from the
+	// clock, so a process that reopens pinned maps does not hand out the
+	// generations its predecessor wrote.
+	nhGen uint32
 
 	barrier      *ebpf.Map // ARRAY_OF_MAPS: updating it waits for RCU
 	barrierInner *ebpf.Map
@@ -129,7 +134,7 @@ func New(cfg Config) (*Table, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("fib config: %w", err)
 	}
-	t := &Table{cfg: cfg, readers: map[*Reader]struct{}{}}
+	t := &Table{cfg: cfg, readers: map[*Reader]struct{}{}, nhGen: uint32(time.Now().UnixNano())}
 	if cfg.PinPath != "" {
 		if err := bpffs.Ensure(cfg.PinPath); err != nil {
 			return nil, err

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -102,6 +103,18 @@ type Program struct {
 	bits     routerLocalBits  // the filter as written
 }
 
+// XSKMeta is what the program puts in front of each frame it steers to an
+// AF_XDP socket (struct xsk_meta, as XDP metadata, which AF_XDP copies
+// into the UMEM just before the frame): the FIB nexthop its lookup chose
+// (Id) and that entry's generation (Gen), marked by Magic.
+type XSKMeta = routerXskMeta
+
+// XSKMetaMagic marks an XSKMeta the program wrote (XSK_META_MAGIC).
+const XSKMetaMagic = 0x78647231
+
+// XSKMetaSize is the size of XSKMeta in front of a frame.
+const XSKMetaSize = int(unsafe.Sizeof(XSKMeta{}))
+
 // Load loads the router program bound to the table's maps (table may be
 // nil for SourceKernel and SourceStatic: an empty FIB is created then).
 func Load(table *fib.Table, opts Options) (*Program, error) {
@@ -112,6 +125,10 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 	var n uint32
 	if err := spec.Variables["n_counters"].Get(&n); err != nil || int(n) != len(CounterNames) {
 		return nil, fmt.Errorf("router program has %d counters, this build names %d (bpf/router.c and counters.go disagree)", n, len(CounterNames))
+	}
+	var meta XSKMeta
+	if err := spec.Variables["xsk_meta_layout"].Get(&meta); err != nil || meta.Magic != XSKMetaMagic {
+		return nil, fmt.Errorf("router program's xsk_meta magic %#x, this build expects %#x (%v)", meta.Magic, XSKMetaMagic, err)
 	}
 	if err := spec.Variables["fib_source"].Set(uint32(opts.Source)); err != nil {
 		return nil, fmt.Errorf("set fib source: %w", err)

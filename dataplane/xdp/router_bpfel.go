@@ -47,7 +47,7 @@ type routerFibNexthop struct {
 	Flags   uint8
 	Dmac    [6]uint8
 	Smac    [6]uint8
-	Pad     uint32
+	Gen     uint32
 }
 
 type routerFibPtr struct {
@@ -105,6 +105,13 @@ type routerRules6 struct {
 	}
 }
 
+type routerXskMeta struct {
+	_     structs.HostLayout
+	Id    uint32
+	Gen   uint32
+	Magic uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -133,6 +140,7 @@ const (
 	routerVarStaticDmac    = "static_dmac"
 	routerVarStaticIfindex = "static_ifindex"
 	routerVarStaticSmac    = "static_smac"
+	routerVarXskMetaLayout = "xsk_meta_layout"
 )
 
 // loadRouter returns the embedded CollectionSpec for router.
@@ -213,6 +221,7 @@ type routerVariableSpecs struct {
 	StaticDmac    *ebpf.VariableSpec `ebpf:"static_dmac"`
 	StaticIfindex *ebpf.VariableSpec `ebpf:"static_ifindex"`
 	StaticSmac    *ebpf.VariableSpec `ebpf:"static_smac"`
+	XskMetaLayout *ebpf.VariableSpec `ebpf:"xsk_meta_layout"`
 }
 
 // routerObjects contains all objects after they have been loaded into the kernel.
@@ -287,6 +296,7 @@ type routerVariables struct {
 	StaticDmac    *ebpf.Variable `ebpf:"static_dmac"`
 	StaticIfindex *ebpf.Variable `ebpf:"static_ifindex"`
 	StaticSmac    *ebpf.Variable `ebpf:"static_smac"`
+	XskMetaLayout *ebpf.Variable `ebpf:"xsk_meta_layout"`
 }
 
 // routerPrograms contains all programs after they have been loaded into the kernel.

@@ -102,6 +102,16 @@ func (u *UMEM) Bytes(d Desc) []byte {
 	return u.mem[d.Addr:end:end]
 }
 
+// Meta returns the n bytes in front of a received frame in its chunk
+// (where XDP metadata lands), nil when the frame's offset leaves no room.
+func (u *UMEM) Meta(d Desc, n int) []byte {
+	off := d.Addr & uint64(u.frameSize-1)
+	if off < uint64(n) || d.Addr > uint64(len(u.mem)) {
+		return nil
+	}
+	return u.mem[d.Addr-uint64(n) : d.Addr : d.Addr]
+}
+
 // take moves the frame at addr from want to the worker; false (and a
 // fault) when its owner is not want.
 func (u *UMEM) take(addr uint64, want uint8) bool {
