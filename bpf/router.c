@@ -315,21 +315,23 @@ struct hop {
 
 // xsk_meta is what engine afxdp hands its worker in front of each frame
 // (XDP metadata, which AF_XDP copies into the UMEM too): the nexthop this
-// program's lookup chose and that entry's generation. The worker forwards
-// by it when the entry is unchanged (same generation), else looks up
-// again; it clears magic after reading, so a frame that came without
-// metadata never reads an older frame's.
+// program's lookup chose and that entry's generation (0: none, look up
+// again). The worker forwards by it when the entry is unchanged (same
+// generation), else looks up again. Every steered frame gets one; the
+// worker clears magic after reading and zeroes it in frames it takes back
+// unread, so a frame that came without metadata (a driver without
+// support) never reads an older frame's.
 struct xsk_meta {
 	__u32 id;
 	__u32 gen;
 	__u32 magic;
 };
 
-#define XSK_META_MAGIC 0x78647231 // "xdr1"
+#define XSK_META_MAGIC 0x78647231 // "xdr1" read as a big-endian word
 
 // xsk_meta_layout puts struct xsk_meta and its magic into the object, so
-// bpf2go generates the Go twin (-type xsk_meta) and the loader can check
-// the magic; the program never reads it.
+// bpf2go generates the Go twin (the variable's type) and the loader can
+// check the magic; the program never reads it.
 volatile const struct xsk_meta xsk_meta_layout = {.magic = XSK_META_MAGIC};
 
 
@@ -489,17 +491,20 @@ static __always_inline int to_xsk(struct pkt *p, struct hop *h, __u32 excess)
 	__u32 key = p->cfg->slot * MAX_QUEUES + p->ctx->rx_queue_index;
 	if (excess && bpf_xdp_adjust_tail(p->ctx, -(int)excess))
 		return drop(p, C_DROP_MALFORMED);
-	// Hand the worker this lookup's nexthop (best effort: without
-	// metadata support it looks up again).
-	if (h->gen && bpf_xdp_adjust_meta(p->ctx, -(int)sizeof(struct xsk_meta)) == 0) {
-		struct xsk_meta *m = (void *)(long)p->ctx->data_meta;
-		if ((void *)(m + 1) <= (void *)(long)p->ctx->data) {
-			m->id = h->id;
-			m->gen = h->gen;
-			m->magic = XSK_META_MAGIC;
-		}
-	}
 	if (bpf_redirect_map(&xsks, key, XDP_PASS) == XDP_REDIRECT) {
+		// Hand the worker this lookup's nexthop (the redirect happens
+		// after the program returns; a frame passed to the kernel carries
+		// no metadata). Every steered frame gets it, gen 0 meaning "look
+		// up again", so a UMEM chunk never keeps an older frame's; without
+		// metadata support the worker looks up again.
+		if (bpf_xdp_adjust_meta(p->ctx, -(int)sizeof(struct xsk_meta)) == 0) {
+			struct xsk_meta *m = (void *)(long)p->ctx->data_meta;
+			if ((void *)(m + 1) <= (void *)(long)p->ctx->data) {
+				m->id = h->id;
+				m->gen = h->gen;
+				m->magic = XSK_META_MAGIC;
+			}
+		}
 		p->c->c[C_TO_AFXDP]++;
 		return XDP_REDIRECT;
 	}

@@ -269,10 +269,10 @@ func WriteMetrics(w io.Writer, s Stats, st Status) {
 			fmt.Fprintf(w, "xdprouter_xdp_packets_total{interface=%q,counter=%q} %d\n", n, c, s.Interfaces[n][c])
 		}
 	}
-	fmt.Fprintln(w, "# HELP xdprouter_worker_packets_total AF_XDP worker counters per queue.")
+	fmt.Fprintln(w, "# HELP xdprouter_worker_packets_total AF_XDP worker counters per queue (handoff: forwarded by the program's lookup).")
 	fmt.Fprintln(w, "# TYPE xdprouter_worker_packets_total counter")
 	for _, wk := range s.Workers {
-		for k, v := range map[string]uint64{"rx": wk.RxPackets, "forwarded": wk.Forwarded} {
+		for k, v := range map[string]uint64{"rx": wk.RxPackets, "forwarded": wk.Forwarded, "handoff": wk.Handoff} {
 			fmt.Fprintf(w, "xdprouter_worker_packets_total{queue=\"%d\",cpu=\"%d\",counter=%q} %d\n", wk.Queue, wk.CPU, k, v)
 		}
 		reasons := make([]string, 0, len(wk.Drops))

@@ -24,7 +24,8 @@ type WorkerStats struct {
 	// Handoff counts frames forwarded by the nexthop the XDP program's
 	// lookup handed over (unchanged since): no second lookup.
 	Handoff uint64 `json:"handoff"`
-	// Kicks are sendto calls (copy mode sends at most 32 frames a call),
+	// Kicks are sendto calls (copy mode sends at most the socket's
+	// TxBudget frames a call: 256 on Linux 6.17+, else 32),
 	// KickErrors those that failed with something else than back-pressure.
 	Kicks      uint64 `json:"kicks"`
 	KickErrors uint64 `json:"kick_errors"`

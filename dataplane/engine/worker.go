@@ -40,14 +40,15 @@ func (r Reason) String() string { return ReasonNames[r] }
 
 // port is one socket a worker owns: queue q of one interface.
 type port struct {
-	s       *xsk.Socket
-	ifindex int
-	queue   int
-	recv    atomic.Bool   // registered in the XSKMAP: frames arrive here
-	pending []xsk.Desc    // frames to send this round
-	free    int           // tx ring slots still available this round
-	rx, tx  atomic.Uint64 // received; sent (completed)
-	rxBytes atomic.Uint64
+	s          *xsk.Socket
+	ifindex    int
+	queue      int
+	recv       atomic.Bool   // registered in the XSKMAP: frames arrive here
+	pending    []xsk.Desc    // frames to send this round
+	kickFailed bool          // the last sendto failed hard: no idle retries
+	free       int           // tx ring slots still available this round
+	rx, tx     atomic.Uint64 // received; sent (completed)
+	rxBytes    atomic.Uint64
 }
 
 // counters are a worker's running totals: written by the worker once per
@@ -196,11 +197,14 @@ func (w *worker) round() int {
 		// Completions still come in after the last frame, and what the
 		// kernel pushed back (EBUSY) is still on a tx ring.
 		for _, p := range w.ports {
-			if p.s.TxPending() > 0 {
+			// Retry after pushback (EBUSY, ENOBUFS), not after a hard
+			// error (a link down): the next Send tries again.
+			if !p.kickFailed && p.s.TxPending() > 0 {
 				k, err := p.s.Flush()
 				w.c.kicks.Add(uint64(k))
 				if err != nil {
 					w.c.kickErrors.Add(1)
+					p.kickFailed = true
 				}
 			}
 		}
@@ -216,6 +220,7 @@ func (w *worker) round() int {
 		if len(p.pending) > 0 {
 			_, k, err := p.s.Send(p.pending)
 			kicks += uint64(k)
+			p.kickFailed = err != nil
 			if err != nil {
 				kerr++
 			}
@@ -251,8 +256,11 @@ func (w *worker) reap() {
 		}
 	}
 	for _, p := range w.ports {
-		if p.recv.Load() && p.s.TopUp(0) > 0 {
-			p.s.Wakeup() // a zero-copy driver that ran dry waits for it
+		if p.recv.Load() {
+			p.s.TopUp(0)
+			// A zero-copy driver that found the fill ring empty waits for
+			// a wakeup (a flag load when it does not).
+			p.s.Wakeup()
 		}
 	}
 }
@@ -272,6 +280,7 @@ func (w *worker) receive(p *port) int {
 	u := w.umem
 	if w.e.cfg.Discard {
 		for i := range descs {
+			u.ClearMeta(descs[i], xdp.XSKMetaSize)
 			u.Drop(descs[i].Addr)
 		}
 		p.rx.Add(uint64(n))
@@ -407,6 +416,9 @@ func (w *worker) forward(f []byte, d xsk.Desc, res fib.Result) Reason {
 // send rewrites f (descriptor d) for a resolved nexthop and queues d on
 // the egress socket; it returns the drop reason, or -1 when queued.
 func (w *worker) send(f []byte, d xsk.Desc, nh *fib.NexthopEntry) Reason {
+	if len(f) < 14+20 { // a handed-over frame skipped Dst's checks
+		return DropMalformed
+	}
 	if nh.MTU != 0 && packet.L3Len(f) > int(nh.MTU) {
 		return DropMTU
 	}
@@ -447,7 +459,7 @@ func (w *worker) sleep() {
 	w.c.sleeps.Add(1)
 	timeout := pollTimeout
 	for _, p := range w.ports {
-		if p.s.TxPending() > 0 {
+		if !p.kickFailed && p.s.TxPending() > 0 {
 			timeout = time.Millisecond // the kernel pushed back: retry soon
 			break
 		}

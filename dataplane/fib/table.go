@@ -85,8 +85,9 @@ type Table struct {
 	nh     *slots[nhEntry]
 	ecmp   *slots[ecmpEntry]
 	// nhGen numbers nexthop writes (NexthopEntry.Gen). It starts from the
-	// clock, so a process that reopens pinned maps does not hand out the
-	// generations its predecessor wrote.
+	// clock, so a process that reopens pinned maps is unlikely to hand
+	// out the generations its predecessor wrote (no frame crosses a
+	// restart anyway: the sockets and UMEMs are new).
 	nhGen uint32
 
 	barrier      *ebpf.Map // ARRAY_OF_MAPS: updating it waits for RCU

@@ -127,8 +127,12 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 		return nil, fmt.Errorf("router program has %d counters, this build names %d (bpf/router.c and counters.go disagree)", n, len(CounterNames))
 	}
 	var meta XSKMeta
-	if err := spec.Variables["xsk_meta_layout"].Get(&meta); err != nil || meta.Magic != XSKMetaMagic {
-		return nil, fmt.Errorf("router program's xsk_meta magic %#x, this build expects %#x (%v)", meta.Magic, XSKMetaMagic, err)
+	if v := spec.Variables["xsk_meta_layout"]; v == nil {
+		return nil, errors.New("router program has no xsk_meta_layout (bpf/router.c and program.go disagree)")
+	} else if err := v.Get(&meta); err != nil {
+		return nil, fmt.Errorf("router program's xsk_meta_layout: %w", err)
+	} else if meta.Magic != XSKMetaMagic {
+		return nil, fmt.Errorf("router program's xsk_meta magic %#x, this build expects %#x", meta.Magic, XSKMetaMagic)
 	}
 	if err := spec.Variables["fib_source"].Set(uint32(opts.Source)); err != nil {
 		return nil, fmt.Errorf("set fib source: %w", err)

@@ -404,12 +404,19 @@ func TestReclaim(t *testing.T) {
 	fakeReceive(a, 2, 60)
 	descs := make([]Desc, 2)
 	a.Receive(descs) // the worker holds 2, the kernel 4 (fill ring)
-	a.bound = false  // closed
+	// A frame the kernel filled and never handed over leaves metadata in
+	// its headroom: Reclaim must not pass it on to a later frame.
+	stale := a.fill.addrs[(a.fill.cachedProd-1)&a.fill.mask]
+	copy(u.mem[stale+244:stale+256], []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
+	a.bound = false // closed
 	if n := u.Reclaim(a); n != 4 {
 		t.Errorf("reclaimed %d, want the 4 on the fill ring", n)
 	}
 	if acc := u.Account(); acc.Worker != 2 || acc.Free != 14 {
 		t.Errorf("after Reclaim: %+v, want the worker's 2 untouched", acc)
+	}
+	if m := u.Meta(Desc{Addr: stale + 256}, 12); !slices.Equal(m, make([]byte, 12)) {
+		t.Errorf("reclaimed frame's headroom %v, want cleared", m)
 	}
 	u.Drop(descs[0].Addr)
 	u.Drop(descs[1].Addr)

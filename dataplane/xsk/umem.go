@@ -221,17 +221,33 @@ func (u *UMEM) ReclaimQueue(ifindex, queue int) int {
 	return n
 }
 
-// reclaimSlot frees every frame owned through slot.
+// reclaimSlot frees every frame owned through slot. What the kernel put
+// in them was never read, so their headroom is cleared (metadata a later
+// frame without any must not find).
 func (u *UMEM) reclaimSlot(slot uint8) int {
 	n := 0
 	for i, o := range u.owner {
 		if o == ownerSocket+slot {
 			u.owner[i] = ownerFree
-			u.free = append(u.free, uint64(i)<<u.shift)
+			base := uint64(i) << u.shift
+			clear(u.mem[base : base+uint64(u.headroom())])
+			u.free = append(u.free, base)
 			n++
 		}
 	}
 	return n
+}
+
+// headroom is how much of a chunk's start can hold metadata in front of
+// the frame (the kernel's XDP_PACKET_HEADROOM, within the chunk).
+func (u *UMEM) headroom() int { return min(256, u.frameSize) }
+
+// ClearMeta zeroes the n bytes in front of a frame the worker holds and
+// drops without reading them (see Meta).
+func (u *UMEM) ClearMeta(d Desc, n int) {
+	if b := u.Meta(d, n); b != nil {
+		clear(b)
+	}
 }
 
 // Account is where a UMEM's frames are.

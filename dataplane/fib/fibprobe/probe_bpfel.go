@@ -28,7 +28,7 @@ type probeFibNexthop struct {
 	Flags   uint8
 	Dmac    [6]uint8
 	Smac    [6]uint8
-	Pad     uint32
+	Gen     uint32
 }
 
 type probeFibPtr struct {
