@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -18,20 +17,7 @@ func BenchmarkWorker(b *testing.B) {
 	for _, fam := range []int{4, 6} {
 		b.Run(map[int]string{4: "ipv4", 6: "ipv6"}[fam], func(b *testing.B) {
 			r := newRig(b, 1)
-			e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
-				Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 256},
-				ports: map[int][]*port{}, log: slog.New(slog.DiscardHandler)}
-			w := newTestWorker(b, e)
-			e.workers = []*worker{w}
-			defer e.Stop()
-			for _, ifindex := range []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index, r.lab.Egress.A.Index} {
-				if err := e.open(ifindex); err != nil {
-					b.Fatal(err)
-				}
-				if err := e.publish(ifindex); err != nil {
-					b.Fatal(err)
-				}
-			}
+			w := r.manualWorker(b, Config{Batch: 256})
 			src, dst := gen.DefaultPrefixes(fam)
 			g, err := gen.New(gen.Config{Namespace: r.lab.GenNS, Links: gen.LabLinks(r.lab)[:1], Src: src, Dst: dst,
 				Count: 1500, CPUs: []int{0}})

@@ -424,24 +424,7 @@ func TestBusyPoll(t *testing.T) {
 // entry as it is now; frames steered after the change use the handoff.
 func TestHandoff(t *testing.T) {
 	r := newRig(t, 1)
-	e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
-		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 64},
-		ports: map[int][]*port{}, log: slog.New(slog.DiscardHandler)}
-	w := newTestWorker(t, e)
-	e.workers = []*worker{w}
-	defer func() {
-		if err := e.Stop(); err != nil {
-			t.Error(err)
-		}
-	}()
-	for _, ifindex := range []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index, r.lab.Egress.A.Index} {
-		if err := e.open(ifindex); err != nil {
-			t.Fatal(err)
-		}
-		if err := e.publish(ifindex); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w := r.manualWorker(t, Config{Batch: 64})
 	eg := r.lab.Egress
 	setNH := func(mac net.HardwareAddr) {
 		if err := r.tb.SetNexthop(1, fib.Nexthop{Ifindex: eg.A.Index, SrcMAC: eg.A.MAC, DstMAC: mac, MTU: 1500, State: fib.Resolved}); err != nil {
@@ -490,39 +473,43 @@ func TestHandoff(t *testing.T) {
 	}
 }
 
-// newTestWorker makes worker 0 of e, unpinned and not started, with a
-// UMEM for three sockets.
-func newTestWorker(tb testing.TB, e *Engine) *worker {
+// manualWorker makes an engine (cfg on the rig's lab, eth1 and eth2 in,
+// eth3 out) with one worker that is not started: the test drives it by
+// calling round. The engine stops at cleanup, and its accounting is
+// checked then.
+func (r *rig) manualWorker(tb testing.TB, cfg Config) *worker {
 	tb.Helper()
+	cfg.Namespace, cfg.Program, cfg.Table = r.lab.RouterNS, r.prog, r.tb
+	cfg.Interfaces = []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}
+	e := &Engine{cfg: cfg, ports: map[int][]*port{}, log: slog.New(slog.DiscardHandler)}
 	u, err := xsk.NewUMEM(3*8192, 2048)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return newWorker(e, 0, -1, u)
+	w := newWorker(e, 0, -1, u)
+	e.workers = []*worker{w}
+	tb.Cleanup(func() {
+		w.drain() // not started, so Stop does not drain it
+		if err := e.Stop(); err != nil {
+			tb.Error(err)
+		}
+	})
+	for _, ifindex := range []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index, r.lab.Egress.A.Index} {
+		if err := e.open(ifindex); err != nil {
+			tb.Fatal(err)
+		}
+		if err := e.publish(ifindex); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return w
 }
 
 // TestRoundAllocs: a worker round that receives, looks up, rewrites and
 // sends real frames allocates nothing.
 func TestRoundAllocs(t *testing.T) {
 	r := newRig(t, 1)
-	e := &Engine{cfg: Config{Namespace: r.lab.RouterNS, Program: r.prog, Table: r.tb,
-		Interfaces: []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index}, Batch: 64, Spin: time.Millisecond},
-		ports: map[int][]*port{}, log: slog.New(slog.DiscardHandler)}
-	w := newTestWorker(t, e) // not started: this goroutine drives it
-	e.workers = []*worker{w}
-	defer func() {
-		if err := e.Stop(); err != nil {
-			t.Error(err)
-		}
-	}()
-	for _, ifindex := range []int{r.lab.Ingress[0].B.Index, r.lab.Ingress[1].B.Index, r.lab.Egress.A.Index} {
-		if err := e.open(ifindex); err != nil {
-			t.Fatal(err)
-		}
-		if err := e.publish(ifindex); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w := r.manualWorker(t, Config{Batch: 64, Spin: time.Millisecond})
 	res := r.send(t, gen.Config{Count: 1500, Rate: 100000})
 	if w.round() == 0 { // warm up (first use of the scratch and of each ring)
 		t.Fatal("no frame on the sockets")

@@ -280,8 +280,7 @@ func (w *worker) receive(p *port) int {
 	u := w.umem
 	if w.e.cfg.Discard {
 		for i := range descs {
-			u.ClearMeta(descs[i], xdp.XSKMetaSize)
-			u.Drop(descs[i].Addr)
+			u.Drop(descs[i].Addr) // nothing reads metadata in this mode
 		}
 		p.rx.Add(uint64(n))
 		w.c.rx.Add(uint64(n))
@@ -457,6 +456,15 @@ func (w *worker) sleep() {
 		w.pfds = append(w.pfds, unix.PollFd{Fd: int32(p.s.FD()), Events: unix.POLLIN})
 	}
 	w.c.sleeps.Add(1)
+	// Ports whose last sendto failed hard are retried once a sleep (at
+	// most every pollTimeout), not every idle round.
+	for _, p := range w.ports {
+		if p.kickFailed && p.s.TxPending() > 0 {
+			k, err := p.s.Flush()
+			w.c.kicks.Add(uint64(k))
+			p.kickFailed = err != nil
+		}
+	}
 	timeout := pollTimeout
 	for _, p := range w.ports {
 		if !p.kickFailed && p.s.TxPending() > 0 {

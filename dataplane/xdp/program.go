@@ -106,7 +106,8 @@ type Program struct {
 // XSKMeta is what the program puts in front of each frame it steers to an
 // AF_XDP socket (struct xsk_meta, as XDP metadata, which AF_XDP copies
 // into the UMEM just before the frame): the FIB nexthop its lookup chose
-// (Id) and that entry's generation (Gen), marked by Magic.
+// (Id) and that entry's generation (Gen; 0: none, such as with the
+// kernel's or a static FIB, so look up again), marked by Magic.
 type XSKMeta = routerXskMeta
 
 // XSKMetaMagic marks an XSKMeta the program wrote (XSK_META_MAGIC).

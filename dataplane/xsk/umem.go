@@ -239,16 +239,10 @@ func (u *UMEM) reclaimSlot(slot uint8) int {
 }
 
 // headroom is how much of a chunk's start can hold metadata in front of
-// the frame (the kernel's XDP_PACKET_HEADROOM, within the chunk).
+// the frame: the kernel's XDP_PACKET_HEADROOM, as the UMEM is registered
+// with no headroom of its own (Socket.open).
 func (u *UMEM) headroom() int { return min(256, u.frameSize) }
 
-// ClearMeta zeroes the n bytes in front of a frame the worker holds and
-// drops without reading them (see Meta).
-func (u *UMEM) ClearMeta(d Desc, n int) {
-	if b := u.Meta(d, n); b != nil {
-		clear(b)
-	}
-}
 
 // Account is where a UMEM's frames are.
 type Account struct {
