@@ -243,7 +243,6 @@ func (u *UMEM) reclaimSlot(slot uint8) int {
 // with no headroom of its own (Socket.open).
 func (u *UMEM) headroom() int { return min(256, u.frameSize) }
 
-
 // Account is where a UMEM's frames are.
 type Account struct {
 	Frames int // in the UMEM
