@@ -398,15 +398,20 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 	if err != nil {
 		return Trial{}, err
 	}
+	var t Trial
 	if s.rxOnly {
-		return rxTrial(sent, cpustat.Shares(cpu0, cpu1), eng, w0, &ref)
+		// Counted by the receivers, which take what is left on their rx
+		// rings within a few milliseconds; the sink sees nothing.
+		time.Sleep(100 * time.Millisecond)
+		t = Trial{Sent: sent.Sent, Seconds: sent.Elapsed.Seconds()}
+	} else {
+		// Whatever is still in flight lands within a few milliseconds.
+		after, err := sk.WaitMatched(ctx, before.MatchedPackets+sent.Sent, 200*time.Millisecond)
+		if err != nil {
+			return Trial{}, err
+		}
+		t = trial(sent, before, after)
 	}
-	// Whatever is still in flight lands within a few milliseconds.
-	after, err := sk.WaitMatched(ctx, before.MatchedPackets+sent.Sent, 200*time.Millisecond)
-	if err != nil {
-		return Trial{}, err
-	}
-	t := trial(sent, before, after)
 	t.CPU = cpustat.Shares(cpu0, cpu1)
 	if eng != nil {
 		t.Workers = workerTrials(w0, eng.Stats(), sent.Elapsed)
@@ -419,34 +424,16 @@ func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Ge
 		}
 		t.Workers = refTrials(st, sent.Elapsed)
 	}
-	return t, nil
-}
-
-// rxTrial is an RX-only trial: what the receivers counted (the engine's
-// workers, or the reference's threads, stopped here) is what arrived.
-func rxTrial(sent gen.Result, cpu []cpustat.Share, eng *engine.Engine, w0 []engine.WorkerStats, ref **afxdpref.Ref) (Trial, error) {
-	t := Trial{Sent: sent.Sent, Seconds: sent.Elapsed.Seconds(), CPU: cpu}
-	// Frames still on the rx rings are taken within a few milliseconds.
-	time.Sleep(100 * time.Millisecond)
-	if eng != nil {
-		t.Workers = workerTrials(w0, eng.Stats(), sent.Elapsed)
-	}
-	if *ref != nil {
-		st, err := (*ref).Stop()
-		*ref = nil
-		if err != nil {
-			return Trial{}, err
+	if s.rxOnly {
+		for _, w := range t.Workers {
+			t.Received += w.Received
 		}
-		t.Workers = refTrials(st, sent.Elapsed)
-	}
-	for _, w := range t.Workers {
-		t.Received += w.Received
-	}
-	if t.Seconds > 0 {
-		t.PPS = float64(min(t.Received, t.Sent)) / t.Seconds
-	}
-	if t.Sent > 0 && t.Received < t.Sent {
-		t.LossPct = 100 * float64(t.Sent-t.Received) / float64(t.Sent)
+		if t.Seconds > 0 {
+			t.PPS = float64(min(t.Received, t.Sent)) / t.Seconds
+		}
+		if t.Received < t.Sent {
+			t.LossPct = 100 * float64(t.Sent-t.Received) / float64(t.Sent)
+		}
 	}
 	return t, nil
 }

@@ -252,10 +252,10 @@ func (c Config) Validate() error {
 }
 
 // busyPoll resolves Idle for the workers' CPUs: "auto" busy-polls only
-// when every worker has a CPU and every one is in isolated (the host's
-// isolcpus and nohz_full CPUs). Without configured or planned CPUs the
-// workers take q mod the CPUs, which shares them: poll.
-func busyPoll(idle string, cpus, isolated []int) bool {
+// when every worker has a CPU and every one is in isolated() (the host's
+// isolcpus and nohz_full CPUs, read only then). Without configured CPUs
+// the workers take q mod the CPUs, which shares them: poll.
+func busyPoll(idle string, cpus []int, isolated func() []int) bool {
 	switch idle {
 	case "busy-poll":
 		return true
@@ -265,8 +265,9 @@ func busyPoll(idle string, cpus, isolated []int) bool {
 	if len(cpus) == 0 {
 		return false
 	}
+	iso := isolated()
 	for _, c := range cpus {
-		if !slices.Contains(isolated, c) {
+		if !slices.Contains(iso, c) {
 			return false
 		}
 	}

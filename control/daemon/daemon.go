@@ -285,14 +285,10 @@ func (d *Daemon) applyEngines(old *Config, cfg Config) error {
 			slog.Warn("stop AF_XDP engine", "err", err)
 		}
 		if len(afxdp) > 0 {
-			var isolated []int
-			if h, err := affinity.Discover("/"); err == nil {
-				isolated = append(h.Isolated, h.NoHZFull...)
-			}
 			eng, err := engine.Start(engine.Config{Namespace: cfg.Namespace, Program: d.prog, Table: d.table,
 				Interfaces: afxdp, Egress: others, Queues: cfg.Queues, CPUs: cfg.CPUs,
 				Socket: cfg.socketOptions(), Spin: cfg.Spin, Priority: cfg.WorkerPriority,
-				BusyPoll: busyPoll(cfg.Idle, cfg.CPUs, isolated), Logger: slog.Default()})
+				BusyPoll: busyPoll(cfg.Idle, cfg.CPUs, hostIsolated), Logger: slog.Default()})
 			if err != nil {
 				return fmt.Errorf("start AF_XDP engine: %w", err)
 			}
@@ -481,6 +477,16 @@ func (d *Daemon) stopEndpoints() error {
 		_ = os.Remove(d.cfg.Control)
 	}
 	return errors.Join(errs...)
+}
+
+// hostIsolated is the host's isolated CPUs (isolcpus, nohz_full); none
+// when they cannot be read.
+func hostIsolated() []int {
+	h, err := affinity.Discover("/")
+	if err != nil {
+		return nil
+	}
+	return slices.Concat(h.Isolated, h.NoHZFull)
 }
 
 // stopWorkersAndMirror stops the AF_XDP workers and the netlink mirror.

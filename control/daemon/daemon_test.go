@@ -37,7 +37,7 @@ func TestBusyPoll(t *testing.T) {
 		{"poll", []int{2}, []int{2}, false},
 		{"busy-poll", []int{0}, nil, true},
 	} {
-		if got := busyPoll(tc.idle, tc.cpus, tc.isolated); got != tc.want {
+		if got := busyPoll(tc.idle, tc.cpus, func() []int { return tc.isolated }); got != tc.want {
 			t.Errorf("busyPoll(%q, cpus %v, isolated %v) = %v, want %v", tc.idle, tc.cpus, tc.isolated, got, tc.want)
 		}
 	}

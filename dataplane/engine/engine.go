@@ -233,29 +233,24 @@ func (e *Engine) open(ifindex int) error {
 		return err
 	}
 	ports := make([]*port, len(e.workers))
+	abort := func(err error) error {
+		for q, p := range ports {
+			if p != nil {
+				_ = e.closeSocket(e.workers[q], p.s)
+			}
+		}
+		return err
+	}
 	for q := range min(n, len(e.workers)) {
 		w := e.workers[q]
 		s, err := xsk.Open(e.cfg.Namespace, ifindex, q, w.umem, e.cfg.Socket)
 		if err != nil {
-			for q, p := range ports {
-				if p != nil {
-					p.s.Close()
-					e.workers[q].do(func(w *worker) { w.umem.Reclaim(p.s) })
-				}
-			}
-			return err
+			return abort(err)
 		}
 		if e.cfg.BusyPoll {
 			if err := s.SetBusyPoll(int(e.cfg.BusyPollTime/time.Microsecond), e.cfg.Batch); err != nil {
-				s.Close()
-				w.do(func(w *worker) { w.umem.Reclaim(s) })
-				for q, p := range ports {
-					if p != nil {
-						p.s.Close()
-						e.workers[q].do(func(w *worker) { w.umem.Reclaim(p.s) })
-					}
-				}
-				return fmt.Errorf("busy poll: %w", err)
+				_ = e.closeSocket(w, s)
+				return abort(fmt.Errorf("busy poll: %w", err))
 			}
 		}
 		// Bound again: a zero-copy socket closed here before has let go
@@ -274,6 +269,15 @@ func (e *Engine) open(ifindex int) error {
 			"ifindex", ifindex, "queues", n, "workers", len(e.workers))
 	}
 	return nil
+}
+
+// closeSocket closes one of w's sockets and gives what the kernel held
+// through it (its fill ring, the driver) back to w's UMEM, on w's
+// goroutine.
+func (e *Engine) closeSocket(w *worker, s *xsk.Socket) error {
+	err := s.Close()
+	w.do(func(w *worker) { w.umem.Reclaim(s) })
+	return err
 }
 
 // do runs f on the worker's goroutine (at its next round), or directly
@@ -376,12 +380,9 @@ func (e *Engine) remove(ifindex int) error {
 		w.do(func(w *worker) {
 			w.ports = slices.DeleteFunc(w.ports, func(p *port) bool { return p.ifindex == ifindex })
 		})
-		if cerr := p.s.Close(); cerr != nil {
+		if cerr := e.closeSocket(w, p.s); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
-		// What the kernel held through the socket (its fill ring, the
-		// driver) is the worker's again.
-		w.do(func(w *worker) { w.umem.Reclaim(p.s) })
 	}
 	delete(e.ports, ifindex)
 	return err
@@ -451,10 +452,9 @@ func (e *Engine) closeAll() {
 	for ifindex, ports := range e.ports {
 		for q, p := range ports {
 			if p != nil {
-				if err := p.s.Close(); err != nil {
+				if err := e.closeSocket(e.workers[q], p.s); err != nil {
 					e.log.Warn("close AF_XDP socket", "ifindex", ifindex, "queue", q, "err", err)
 				}
-				e.workers[q].umem.Reclaim(p.s)
 			}
 		}
 	}

@@ -196,18 +196,7 @@ func (w *worker) round() int {
 	if got == 0 {
 		// Completions still come in after the last frame, and what the
 		// kernel pushed back (EBUSY) is still on a tx ring.
-		for _, p := range w.ports {
-			// Retry after pushback (EBUSY, ENOBUFS), not after a hard
-			// error (a link down): the next Send tries again.
-			if !p.kickFailed && p.s.TxPending() > 0 {
-				k, err := p.s.Flush()
-				w.c.kicks.Add(uint64(k))
-				if err != nil {
-					w.c.kickErrors.Add(1)
-					p.kickFailed = true
-				}
-			}
-		}
+		w.flush(false)
 		w.reap()
 		return 0
 	}
@@ -245,6 +234,24 @@ func (w *worker) round() int {
 		}
 	}
 	return got
+}
+
+// flush makes the kernel send what an idle worker still has on its tx
+// rings: on the ports whose last sendto was pushed back (EBUSY, ENOBUFS),
+// or, with failed, on those whose last sendto failed hard (a link down),
+// which are retried only that slowly. A hard failure is counted once.
+func (w *worker) flush(failed bool) {
+	for _, p := range w.ports {
+		if p.kickFailed != failed || p.s.TxPending() == 0 {
+			continue
+		}
+		k, err := p.s.Flush()
+		w.c.kicks.Add(uint64(k))
+		if err != nil && !p.kickFailed {
+			w.c.kickErrors.Add(1)
+		}
+		p.kickFailed = err != nil
+	}
 }
 
 // reap frees completed sends and refills the receiving sockets' fill
@@ -458,13 +465,7 @@ func (w *worker) sleep() {
 	w.c.sleeps.Add(1)
 	// Ports whose last sendto failed hard are retried once a sleep (at
 	// most every pollTimeout), not every idle round.
-	for _, p := range w.ports {
-		if p.kickFailed && p.s.TxPending() > 0 {
-			k, err := p.s.Flush()
-			w.c.kicks.Add(uint64(k))
-			p.kickFailed = err != nil
-		}
-	}
+	w.flush(true)
 	timeout := pollTimeout
 	for _, p := range w.ports {
 		if !p.kickFailed && p.s.TxPending() > 0 {
@@ -491,8 +492,7 @@ func (w *worker) drain() {
 		got := w.round()
 		inflight := 0
 		for _, p := range w.ports {
-			n := p.s.TxInFlight()
-			inflight += n
+			inflight += p.s.TxInFlight()
 			if p.s.TxPending() > 0 {
 				_, _ = p.s.Flush()
 			}

@@ -26,6 +26,75 @@ func setIndex(mem []byte, prod, cons uint32) {
 	*(*uint32)(unsafe.Pointer(&mem[fakeOff.Consumer])) = cons
 }
 
+// The user side's batch operations, for these tests only (Socket moves
+// entries itself, checking each frame's owner).
+
+// Put produces up to len(addrs) addresses and publishes them; it returns
+// how many fit.
+func (r *addrRing) Put(addrs []uint64) int {
+	idx, got := r.reserve(uint32(len(addrs)))
+	for i := range got {
+		r.addrs[(idx+i)&r.mask] = addrs[i]
+	}
+	if got > 0 {
+		r.submit()
+	}
+	return int(got)
+}
+
+// Get consumes up to len(out) addresses into out and releases their
+// slots; it returns how many.
+func (r *addrRing) Get(out []uint64) int {
+	idx, got := r.peek(uint32(len(out)))
+	for i := range got {
+		out[i] = r.addrs[(idx+i)&r.mask]
+	}
+	if got > 0 {
+		r.release()
+	}
+	return int(got)
+}
+
+// Put produces up to len(descs) descriptors and publishes them; it
+// returns how many fit.
+func (r *descRing) Put(descs []Desc) int {
+	idx, got := r.reserve(uint32(len(descs)))
+	for i := range got {
+		r.descs[(idx+i)&r.mask] = descs[i]
+	}
+	if got > 0 {
+		r.submit()
+	}
+	return int(got)
+}
+
+// Get consumes up to len(out) descriptors into out and releases their
+// slots; it returns how many.
+func (r *descRing) Get(out []Desc) int {
+	idx, got := r.peek(uint32(len(out)))
+	for i := range got {
+		out[i] = r.descs[(idx+i)&r.mask]
+	}
+	if got > 0 {
+		r.release()
+	}
+	return int(got)
+}
+
+// Free is how many descriptors Put would take now.
+func (r *descRing) Free() int { return int(r.free(r.size)) }
+
+// Free is how many addresses Put would take now.
+func (r *addrRing) Free() int { return int(r.free(r.size)) }
+
+// NeedWakeup reports whether the kernel asked for a syscall before it
+// looks at this ring again (need_wakeup mode).
+func (r *descRing) NeedWakeup() bool { return r.needWakeup() }
+
+// NeedWakeup reports whether the kernel asked for a syscall before it
+// looks at this ring again (need_wakeup mode).
+func (r *addrRing) NeedWakeup() bool { return r.needWakeup() }
+
 // kernelSide is the other end of a fake ring.
 type kernelSide struct{ r *ring }
 

@@ -13,7 +13,6 @@ package xsk
 import (
 	"errors"
 	"fmt"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -154,10 +153,8 @@ func (s *Socket) open() error {
 		}
 	}
 	var off unix.XDPMmapOffsets
-	l := uint32(unsafe.Sizeof(off))
-	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_XDP, unix.XDP_MMAP_OFFSETS,
-		uintptr(unsafe.Pointer(&off)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
-		return fmt.Errorf("XDP_MMAP_OFFSETS: %w", e)
+	if err := getsockopt(fd, unix.XDP_MMAP_OFFSETS, unsafe.Pointer(&off), unsafe.Sizeof(off)); err != nil {
+		return fmt.Errorf("XDP_MMAP_OFFSETS: %w", err)
 	}
 	ro := func(o unix.XDPRingOffset) ringOffsets {
 		return ringOffsets{Producer: o.Producer, Consumer: o.Consumer, Desc: o.Desc, Flags: o.Flags}
@@ -221,9 +218,7 @@ func (s *Socket) open() error {
 		return fmt.Errorf("bind (flags %#x): %w", sa.Flags, err)
 	}
 	var xo struct{ Flags uint32 }
-	l = uint32(unsafe.Sizeof(xo))
-	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_XDP, unix.XDP_OPTIONS,
-		uintptr(unsafe.Pointer(&xo)), uintptr(unsafe.Pointer(&l)), 0); e == 0 {
+	if getsockopt(fd, unix.XDP_OPTIONS, unsafe.Pointer(&xo), unsafe.Sizeof(xo)) == nil {
 		s.ZeroCopy = xo.Flags&unix.XDP_OPTIONS_ZEROCOPY != 0
 	}
 	s.umem.mu.Lock()
@@ -232,6 +227,16 @@ func (s *Socket) open() error {
 	return nil
 }
 
+// getsockopt reads an SOL_XDP option of size bytes into p.
+func getsockopt(fd, opt int, p unsafe.Pointer, size uintptr) error {
+	l := uint32(size)
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_XDP, uintptr(opt), uintptr(p), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// setsockopt sets an SOL_XDP option from size bytes at p.
 func setsockopt(fd, opt int, p unsafe.Pointer, size uintptr) error {
 	if _, _, e := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_XDP, uintptr(opt), uintptr(p), size, 0); e != 0 {
 		return e
@@ -247,9 +252,6 @@ func (s *Socket) Slot() int { return int(s.slot) }
 
 // Options returns the socket's options with defaults applied.
 func (s *Socket) Options() Options { return s.opts }
-
-// UMEM is the packet memory the socket is bound over.
-func (s *Socket) UMEM() *UMEM { return s.umem }
 
 // TopUp moves frames from the UMEM's free list to the fill ring, as many
 // as fit (at most max; 0: no limit); it returns how many.
@@ -286,7 +288,7 @@ func (s *Socket) Receive(out []Desc) int {
 	u, own, n := s.umem, ownerSocket+s.slot, 0
 	for i := range got {
 		d := s.rx.descs[(idx+i)&s.rx.mask]
-		if u.take(d.Addr&^uint64(u.frameSize-1), own) {
+		if u.move(d.Addr&^uint64(u.frameSize-1), own, ownerWorker) {
 			out[n] = d
 			n++
 		}
@@ -298,9 +300,9 @@ func (s *Socket) Receive(out []Desc) int {
 // TxFree is how many descriptors Send can put on the tx ring now.
 func (s *Socket) TxFree() int { return int(s.tx.free(s.tx.size)) }
 
-// ErrKick is returned by Send, and wrapped by Kick errors, when the
-// sendto that starts transmission fails (Send does not allocate an error
-// on the hot path: Kick says why).
+// ErrKick is returned by Send and Flush when the sendto that starts
+// transmission fails with something else than back-pressure (no error is
+// allocated on the hot path).
 var ErrKick = errors.New("AF_XDP tx kick")
 
 // Send puts descriptors of frames the worker holds on the tx ring and
@@ -314,7 +316,7 @@ func (s *Socket) Send(descs []Desc) (sent, kicks int, err error) {
 	for _, d := range descs[:got] {
 		// A frame the worker does not hold is a fault (counted) and is
 		// not sent.
-		if u.give(d.Addr&^uint64(u.frameSize-1), own) {
+		if u.move(d.Addr&^uint64(u.frameSize-1), ownerWorker, own) {
 			s.tx.descs[(idx+k)&s.tx.mask] = d
 			k++
 		}
@@ -362,17 +364,10 @@ func (s *Socket) Flush() (kicks int, err error) {
 // kernel.
 func (s *Socket) TxPending() int { return int(s.tx.pending()) }
 
-// Kick calls sendto once so the kernel sends what is on the tx ring.
-func (s *Socket) Kick() error {
-	if e := s.kick(); e != 0 && e != unix.EAGAIN {
-		return fmt.Errorf("%w: ifindex %d queue %d: %w", ErrKick, s.Ifindex, s.Queue, e)
-	}
-	return nil
-}
-
-// kick is Kick without allocating: the errno, 0 on success. A
-// non-blocking sendto does not sleep, so it is a raw system call: the Go
-// scheduler does not hand the worker's P off around it.
+// kick calls sendto once so the kernel sends what is on the tx ring; it
+// returns the errno, 0 on success. A non-blocking sendto does not sleep,
+// so it is a raw system call: the Go scheduler does not hand the worker's
+// P off around it.
 func (s *Socket) kick() unix.Errno {
 	for {
 		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
@@ -430,8 +425,7 @@ func (s *Socket) Reap() int {
 		}
 		for i := range got {
 			addr := s.comp.addrs[(idx+i)&s.comp.mask] &^ uint64(u.frameSize-1)
-			if u.take(addr, own) {
-				u.owner[addr>>u.shift] = ownerFree
+			if u.move(addr, own, ownerFree) {
 				u.free = append(u.free, addr)
 			}
 		}
@@ -458,10 +452,8 @@ func (s *Socket) Rings() Rings {
 // dropped and why. It is safe to call from any goroutine.
 func (s *Socket) KernelStats() (unix.XDPStatistics, error) {
 	var st unix.XDPStatistics
-	l := uint32(unsafe.Sizeof(st))
-	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s.fd), unix.SOL_XDP, unix.XDP_STATISTICS,
-		uintptr(unsafe.Pointer(&st)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
-		return st, fmt.Errorf("XDP_STATISTICS of ifindex %d queue %d: %w", s.Ifindex, s.Queue, syscall.Errno(e))
+	if err := getsockopt(s.fd, unix.XDP_STATISTICS, unsafe.Pointer(&st), unsafe.Sizeof(st)); err != nil {
+		return st, fmt.Errorf("XDP_STATISTICS of ifindex %d queue %d: %w", s.Ifindex, s.Queue, err)
 	}
 	return st, nil
 }

@@ -80,9 +80,6 @@ func newUMEM(mem []byte, frameSize int) *UMEM {
 	return u
 }
 
-// Frames is the number of frames in the UMEM.
-func (u *UMEM) Frames() int { return len(u.owner) }
-
 // FrameSize is the size of each frame in bytes.
 func (u *UMEM) FrameSize() int { return u.frameSize }
 
@@ -112,23 +109,11 @@ func (u *UMEM) Meta(d Desc, n int) []byte {
 	return u.mem[d.Addr-uint64(n) : d.Addr : d.Addr]
 }
 
-// take moves the frame at addr from want to the worker; false (and a
-// fault) when its owner is not want.
-func (u *UMEM) take(addr uint64, want uint8) bool {
+// move hands the frame at addr from owner from to owner to; false (and a
+// fault) when from does not own it.
+func (u *UMEM) move(addr uint64, from, to uint8) bool {
 	i := addr >> u.shift
-	if i >= uint64(len(u.owner)) || u.owner[i] != want {
-		u.faults++
-		return false
-	}
-	u.owner[i] = ownerWorker
-	return true
-}
-
-// give moves a frame the worker holds to owner to; false (and a fault)
-// when the worker does not hold it.
-func (u *UMEM) give(addr uint64, to uint8) bool {
-	i := addr >> u.shift
-	if i >= uint64(len(u.owner)) || u.owner[i] != ownerWorker {
+	if i >= uint64(len(u.owner)) || u.owner[i] != from {
 		u.faults++
 		return false
 	}
@@ -140,7 +125,7 @@ func (u *UMEM) give(addr uint64, to uint8) bool {
 // received and not sent).
 func (u *UMEM) Drop(addr uint64) {
 	base := addr &^ uint64(u.frameSize-1)
-	if u.give(base, ownerFree) {
+	if u.move(base, ownerWorker, ownerFree) {
 		u.free = append(u.free, base)
 	}
 }
