@@ -39,20 +39,28 @@ type router struct {
 // gatewayNexthop is the FIB's nexthop for the lab's gateway.
 const gatewayNexthop = 1
 
+// fullNexthops is how many nexthop IDs a full table's prefixes are spread
+// over, round robin: all lead to the gateway, but neighbouring prefixes
+// have different results, so the FIB cannot merge their leaves (its worst
+// case; a real router's prefixes cluster on a few upstreams).
+const fullNexthops = 8
+
 func newRouter(ctx context.Context, l *lab.Lab, o Options, progress func(string)) (*router, error) {
 	r := &router{l: l, full: o.Routes == "full"}
-	cfg := fib.Config{Groups4: 1024, Groups6: 1024, Nexthops: 16, ECMPGroups: 4}
+	cfg := fib.Config{Nodes4: 16384, Leaves4: 32768, Nodes6: 16384, Leaves6: 32768, Nexthops: 16, ECMPGroups: 4}
 	if r.full {
-		cfg.Groups4, cfg.Groups6 = 16384, 131072
+		cfg = fib.Config{Nexthops: 16, ECMPGroups: 4} // the defaults hold a full table
 	}
 	var err error
 	if r.table, err = fib.New(cfg); err != nil {
 		return nil, err
 	}
 	nh := fib.Nexthop{Ifindex: l.Egress.A.Index, SrcMAC: l.Egress.A.MAC, DstMAC: l.Egress.B.MAC, MTU: l.MTU, State: fib.Resolved}
-	if err := r.table.SetNexthop(gatewayNexthop, nh); err != nil {
-		r.close()
-		return nil, err
+	for id := range uint32(fullNexthops) {
+		if err := r.table.SetNexthop(gatewayNexthop+id, nh); err != nil {
+			r.close()
+			return nil, err
+		}
 	}
 	res := fib.MakeResult(fib.RouteNexthop, gatewayNexthop)
 	routes := []fib.Route{{Prefix: l.RouteV4, Result: res}, {Prefix: l.RouteV6, Result: res}}
@@ -71,8 +79,8 @@ func newRouter(ctx context.Context, l *lab.Lab, o Options, progress func(string)
 	r.n4, r.n6, r.source = len(tb.V4), len(tb.V6), tb.Source
 	defaults := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
 	all := append(append(append([]netip.Prefix{}, defaults...), tb.V4...), tb.V6...)
-	for _, p := range all {
-		routes = append(routes, fib.Route{Prefix: p, Result: res})
+	for i, p := range all {
+		routes = append(routes, fib.Route{Prefix: p, Result: fib.MakeResult(fib.RouteNexthop, gatewayNexthop+uint32(i%fullNexthops))})
 	}
 	t0 := time.Now()
 	if err := r.table.Load(routes); err != nil {
@@ -81,8 +89,9 @@ func newRouter(ctx context.Context, l *lab.Lab, o Options, progress func(string)
 	}
 	r.load = time.Since(t0)
 	if progress != nil {
-		progress(fmt.Sprintf("full table: %d IPv4 + %d IPv6 prefixes (%s) loaded into the FIB in %v; installing them into the kernel",
-			r.n4, r.n6, r.source, r.load.Round(time.Millisecond)))
+		st := r.table.Stats()
+		progress(fmt.Sprintf("full table: %d IPv4 + %d IPv6 prefixes (%s) over %d nexthop IDs loaded into the FIB in %v (%.1f MiB); installing them into the kernel",
+			r.n4, r.n6, r.source, fullNexthops, r.load.Round(time.Millisecond), float64(st.TableBytes)/(1<<20)))
 	}
 	t0 = time.Now()
 	if err := r.installKernel(ctx, all); err != nil {

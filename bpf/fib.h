@@ -1,13 +1,15 @@
 /* The FIB as the XDP program reads it: maps written by Go through their
- * mmap'd memory (dataplane/fib). Layout and hash must stay bit-for-bit the
- * same as there.
+ * mmap'd memory (dataplane/fib, poptrie.go). Layout and hash must stay
+ * bit for bit the same as there.
  *
- * Entries are 32-bit words: bit 31 ext (the rest is a group index),
- * bits 23-30 depth (ignored here), bits 20-22 route type, bits 0-19 index.
- * IPv4: fib4_l0 holds 2^24 entries (65536 rows of 256), indexed by the top
- * 24 bits; an ext entry points at a 256-entry group for the last 8 bits.
- * IPv6: fib6_l0 holds 2^16 entries (256 rows) for the top 16 bits, then
- * one 256-entry group per further byte while the entry is ext.
+ * Each family is a direct-pointing top level (2^FIB_TOP4 or 2^FIB_TOP6
+ * entries, indexed by the address's top bits) and Poptrie nodes below it,
+ * 6 bits each. A top entry with FIB_NODE set points at a node; otherwise
+ * it is the result. At a node, position v (the next 6 bits) is a child if
+ * bit v of vector is set: nodes[base1 + popcount(vector & mask(v)) - 1];
+ * otherwise a leaf: leaves[base0 + popcount(leafvec & mask(v)) - 1],
+ * where mask(v) keeps bits 0 to v. Results are 32-bit words: bits 20-22
+ * route type, bits 0-19 index.
  */
 #ifndef XDPROUTER_FIB_H
 #define XDPROUTER_FIB_H
@@ -15,12 +17,16 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#define FIB_EXT (1u << 31)
-#define FIB_GROUP_MASK (FIB_EXT - 1)
+#define FIB_NODE (1u << 31)
 #define FIB_RESULT_MASK ((1u << 23) - 1)
 #define FIB_TYPE_SHIFT 20
 #define FIB_INDEX_MASK ((1u << 20) - 1)
 #define FIB_MAX_ECMP 16
+#define FIB_STRIDE 6
+#define FIB_TOP4 18
+#define FIB_TOP6 16
+#define FIB_LEVELS4 ((32 - FIB_TOP4 + FIB_STRIDE - 1) / FIB_STRIDE)
+#define FIB_LEVELS6 ((128 - FIB_TOP6 + FIB_STRIDE - 1) / FIB_STRIDE)
 
 enum fib_type {
 	FIB_NONE,
@@ -42,6 +48,13 @@ enum fib_nh_state {
 
 struct fib_row {
 	__u32 e[256];
+};
+
+struct fib_node {
+	__u64 vector;  /* bit v: position v is a child */
+	__u64 leafvec; /* bit v: a new leaf starts at position v */
+	__u32 base0;   /* first leaf */
+	__u32 base1;   /* first child */
 };
 
 struct fib_ptr {
@@ -75,10 +88,22 @@ struct fib_ecmp {
 		__type(value, struct fib_row);            \
 	} name SEC(".maps")
 
-FIB_ROWS(fib4_l0, 65536);
-FIB_ROWS(fib4_groups, 1);
-FIB_ROWS(fib6_l0, 256);
-FIB_ROWS(fib6_groups, 1);
+FIB_ROWS(fib4_top, (1 << FIB_TOP4) / 256);
+FIB_ROWS(fib4_leaves, 1);
+FIB_ROWS(fib6_top, (1 << FIB_TOP6) / 256);
+FIB_ROWS(fib6_leaves, 1);
+
+#define FIB_NODES(name)                                   \
+	struct {                                          \
+		__uint(type, BPF_MAP_TYPE_ARRAY);         \
+		__uint(map_flags, BPF_F_MMAPABLE);        \
+		__uint(max_entries, 1);                   \
+		__type(key, __u32);                       \
+		__type(value, struct fib_node);           \
+	} name SEC(".maps")
+
+FIB_NODES(fib4_nodes);
+FIB_NODES(fib6_nodes);
 
 #define FIB_ARRAY(name, type_)                            \
 	struct {                                          \
@@ -99,46 +124,76 @@ static __always_inline __u32 fib_load(const __u32 *p)
 	return *(volatile const __u32 *)p;
 }
 
+/* fib_word returns word i of a rows map (0 when out of range). */
+static __always_inline __u32 fib_word(void *rows, __u32 i)
+{
+	__u32 row = i >> 8;
+	struct fib_row *r = bpf_map_lookup_elem(rows, &row);
+	if (!r)
+		return 0;
+	return fib_load(&r->e[i & 0xff]);
+}
+
+/* fib_step resolves position v of node *i: for a child it stores the
+ * child's index in *i and returns 1; for a leaf it stores the leaf in
+ * *res and returns 0. */
+static __always_inline int fib_step(void *nodes, void *leaves, __u32 *i, __u32 v, __u32 *res)
+{
+	struct fib_node *n = bpf_map_lookup_elem(nodes, i);
+	if (!n) {
+		*res = 0;
+		return 0;
+	}
+	__u64 bit = 1ULL << (v & 63);
+	__u64 m = bit | (bit - 1);
+	__u64 vec = n->vector;
+	if (vec & bit) {
+		*i = n->base1 + __builtin_popcountll(vec & m) - 1;
+		return 1;
+	}
+	*res = fib_word(leaves, n->base0 + __builtin_popcountll(n->leafvec & m) - 1);
+	return 0;
+}
+
 /* fib_lookup4 returns the result (type << 20 | index) for an IPv4
  * address in host byte order. */
 static __always_inline __u32 fib_lookup4(__u32 a)
 {
-	__u32 row = a >> 16;
-	struct fib_row *r = bpf_map_lookup_elem(&fib4_l0, &row);
-	if (!r)
-		return 0;
-	__u32 e = fib_load(&r->e[(a >> 8) & 0xff]);
-	if (e & FIB_EXT) {
-		__u32 g = e & FIB_GROUP_MASK;
-		struct fib_row *gr = bpf_map_lookup_elem(&fib4_groups, &g);
-		if (!gr)
-			return 0;
-		e = fib_load(&gr->e[a & 0xff]);
+	__u32 e = fib_word(&fib4_top, a >> (32 - FIB_TOP4));
+	if (!(e & FIB_NODE))
+		return e & FIB_RESULT_MASK;
+	__u32 i = e & ~FIB_NODE, res = 0;
+	__u64 x = (__u64)a << (32 + FIB_TOP4);
+	for (int l = 0; l < FIB_LEVELS4; l++) {
+		if (!fib_step(&fib4_nodes, &fib4_leaves, &i, x >> (64 - FIB_STRIDE), &res))
+			return res & FIB_RESULT_MASK;
+		x <<= FIB_STRIDE;
 	}
-	return e & FIB_RESULT_MASK;
+	return 0; /* deeper than the address: cannot happen */
 }
 
 /* fib_lookup6 returns the result for an IPv6 address; a must point at 16
  * readable bytes (a checked packet header or the stack). */
 static __always_inline __u32 fib_lookup6(const __u8 *a)
 {
-	__u32 row = a[0];
-	struct fib_row *r = bpf_map_lookup_elem(&fib6_l0, &row);
-	if (!r)
-		return 0;
-	__u32 e = fib_load(&r->e[a[1]]);
-	for (int i = 2; i < 16; i++) {
-		if (!(e & FIB_EXT))
-			break;
-		__u32 g = e & FIB_GROUP_MASK;
-		struct fib_row *gr = bpf_map_lookup_elem(&fib6_groups, &g);
-		if (!gr)
-			return 0;
-		e = fib_load(&gr->e[a[i]]);
+	__u64 hi = 0, lo = 0;
+	for (int k = 0; k < 8; k++) {
+		hi = hi << 8 | a[k];
+		lo = lo << 8 | a[8 + k];
 	}
-	if (e & FIB_EXT) /* deeper than 128 bits: cannot happen */
-		return 0;
-	return e & FIB_RESULT_MASK;
+	__u32 e = fib_word(&fib6_top, hi >> (64 - FIB_TOP6));
+	if (!(e & FIB_NODE))
+		return e & FIB_RESULT_MASK;
+	__u32 i = e & ~FIB_NODE, res = 0;
+	hi = hi << FIB_TOP6 | lo >> (64 - FIB_TOP6);
+	lo <<= FIB_TOP6;
+	for (int l = 0; l < FIB_LEVELS6; l++) {
+		if (!fib_step(&fib6_nodes, &fib6_leaves, &i, hi >> (64 - FIB_STRIDE), &res))
+			return res & FIB_RESULT_MASK;
+		hi = hi << FIB_STRIDE | lo >> (64 - FIB_STRIDE);
+		lo <<= FIB_STRIDE;
+	}
+	return 0;
 }
 
 static __always_inline __u32 fib_type(__u32 res) { return res >> FIB_TYPE_SHIFT; }

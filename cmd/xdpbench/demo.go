@@ -90,7 +90,7 @@ func livePhases(ctx context.Context, cmd *cobra.Command, l *lab.Lab, d time.Dura
 	cfg := daemon.Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(dir, "xdprouter.sock"),
 		Interfaces: []daemon.Interface{{Name: l.Ingress[0].B.Name, Engine: "xdp"}, {Name: l.Ingress[1].B.Name, Engine: "xdp"},
 			{Name: l.Egress.A.Name, Engine: "pass"}},
-		FIB: daemon.FIBConfig{Groups4: 1024, Groups6: 1024, Nexthops: 1024}}
+		FIB: daemon.FIBConfig{Nodes4: 16384, Leaves4: 32768, Nodes6: 16384, Leaves6: 32768, Nexthops: 1024}}
 	fmt.Fprintf(w, "\nstarting xdprouter in %s: program in pass, FIB from the kernel over netlink, then the engines\n", l.RouterNS)
 	dm, err := daemon.Start(ctx, cfg)
 	if err != nil {

@@ -94,7 +94,7 @@ affinity: true
 %smetrics: "off"
 control_socket: %s
 pin_path: %s
-fib: {groups4: 64, groups6: 64, nexthops: 64}
+fib: {nodes4: 1024, leaves4: 2048, nodes6: 1024, leaves6: 2048, nexthops: 64}
 `, namespace, l.Ingress[0].B.Name, l.Ingress[1].B.Name, l.Egress.A.Name, housekeeping, sock, pins)
 		if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 			t.Fatal(err)

@@ -172,7 +172,7 @@ housekeeping_cpus: [0]
 metrics: "off"
 control_socket: %s
 pin_path: %s
-fib: {groups4: 64, groups6: 64, nexthops: 64}
+fib: {nodes4: 1024, leaves4: 2048, nodes6: 1024, leaves6: 2048, nexthops: 64}
 `, l.RouterNS, l.Ingress[0].B.Name, l.Ingress[1].B.Name, l.Egress.A.Name, sock, pins)
 	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)

@@ -304,11 +304,13 @@ func WriteMetrics(w io.Writer, s Stats, st Status) {
 		fmt.Fprintf(w, "xdprouter_mirror_%s %d\n", kv.k, kv.v)
 	}
 	f := st.FIB
-	fmt.Fprintln(w, "# HELP xdprouter_fib FIB size: routes, second-level groups in use and their capacity (a full table refuses inserts), nexthops, ECMP groups, bytes mapped.")
+	fmt.Fprintln(w, "# HELP xdprouter_fib FIB size: routes, nodes and leaves in use and their capacity (a full table refuses inserts), nexthops, ECMP groups, bytes mapped, bytes lookups touch.")
 	fmt.Fprintf(w, "xdprouter_fib_routes{family=\"4\"} %d\nxdprouter_fib_routes{family=\"6\"} %d\n", f.Routes4, f.Routes6)
-	fmt.Fprintf(w, "xdprouter_fib_groups{family=\"4\"} %d\nxdprouter_fib_groups{family=\"6\"} %d\n", f.Groups4, f.Groups6)
-	fmt.Fprintf(w, "xdprouter_fib_groups_capacity{family=\"4\"} %d\nxdprouter_fib_groups_capacity{family=\"6\"} %d\n", f.Groups4Of, f.Groups6Of)
-	fmt.Fprintf(w, "xdprouter_fib_nexthops %d\nxdprouter_fib_ecmp_groups %d\nxdprouter_fib_bytes %d\n", f.Nexthops, f.ECMPGroups, f.Bytes)
+	fmt.Fprintf(w, "xdprouter_fib_nodes{family=\"4\"} %d\nxdprouter_fib_nodes{family=\"6\"} %d\n", f.Nodes4, f.Nodes6)
+	fmt.Fprintf(w, "xdprouter_fib_nodes_capacity{family=\"4\"} %d\nxdprouter_fib_nodes_capacity{family=\"6\"} %d\n", f.Nodes4Of, f.Nodes6Of)
+	fmt.Fprintf(w, "xdprouter_fib_leaves{family=\"4\"} %d\nxdprouter_fib_leaves{family=\"6\"} %d\n", f.Leaves4, f.Leaves6)
+	fmt.Fprintf(w, "xdprouter_fib_leaves_capacity{family=\"4\"} %d\nxdprouter_fib_leaves_capacity{family=\"6\"} %d\n", f.Leaves4Of, f.Leaves6Of)
+	fmt.Fprintf(w, "xdprouter_fib_nexthops %d\nxdprouter_fib_ecmp_groups %d\nxdprouter_fib_bytes %d\nxdprouter_fib_table_bytes %d\n", f.Nexthops, f.ECMPGroups, f.Bytes, f.TableBytes)
 	fmt.Fprintln(w, "# HELP xdprouter_xdp_cpu_packets_total XDP program counters per interface and CPU (per queue under the affinity plan).")
 	fmt.Fprintln(w, "# TYPE xdprouter_xdp_cpu_packets_total counter")
 	for _, n := range names {

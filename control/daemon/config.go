@@ -106,8 +106,11 @@ type SocketConfig struct {
 
 // FIBConfig sizes the FIB (zero: defaults).
 type FIBConfig struct {
-	Groups4  int `yaml:"groups4"`
-	Groups6  int `yaml:"groups6"`
+	// Nodes and leaves of each family's table (fib.Config).
+	Nodes4   int `yaml:"nodes4"`
+	Leaves4  int `yaml:"leaves4"`
+	Nodes6   int `yaml:"nodes6"`
+	Leaves6  int `yaml:"leaves6"`
 	Nexthops int `yaml:"nexthops"`
 }
 
@@ -243,7 +246,8 @@ func (c Config) Validate() error {
 	if c.PinPath != "" && c.PinPath[0] != '/' {
 		bad("pin_path", "%q: an absolute path on bpffs", c.PinPath)
 	}
-	for name, v := range map[string]int{"fib.groups4": c.FIB.Groups4, "fib.groups6": c.FIB.Groups6, "fib.nexthops": c.FIB.Nexthops} {
+	for name, v := range map[string]int{"fib.nodes4": c.FIB.Nodes4, "fib.leaves4": c.FIB.Leaves4,
+		"fib.nodes6": c.FIB.Nodes6, "fib.leaves6": c.FIB.Leaves6, "fib.nexthops": c.FIB.Nexthops} {
 		if v < 0 {
 			bad(name, "%d: not negative", v)
 		}

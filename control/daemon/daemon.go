@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (d *Daemon, err error) {
 			d.cfg.CPUs = workers
 		}
 	}
-	fc := fib.Config{Groups4: cfg.FIB.Groups4, Groups6: cfg.FIB.Groups6, Nexthops: cfg.FIB.Nexthops}
+	fc := fib.Config{Nodes4: cfg.FIB.Nodes4, Leaves4: cfg.FIB.Leaves4, Nodes6: cfg.FIB.Nodes6, Leaves6: cfg.FIB.Leaves6, Nexthops: cfg.FIB.Nexthops}
 	if cfg.PinPath != "" {
 		fc.PinPath = filepath.Join(cfg.PinPath, "fib")
 	}

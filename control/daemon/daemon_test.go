@@ -71,9 +71,9 @@ socket: {ring_size: 1000, frames: 10}
 metrics: "9470"
 control_socket: relative.sock
 pin_path: fs/bpf
-fib: {groups4: -1}
+fib: {nodes4: -1}
 `, []string{"interfaces[0].engine", "interfaces[1].name", "interfaces[2].name", "interfaces[3].name", "table", "cpus[1]",
-			"housekeeping_cpus[0]", "queues", "worker_priority", "socket", "metrics", "control_socket", "pin_path", "fib.groups4"}},
+			"housekeeping_cpus[0]", "queues", "worker_priority", "socket", "metrics", "control_socket", "pin_path", "fib.nodes4"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(tc.yaml))
@@ -140,7 +140,7 @@ func TestDaemonLab(t *testing.T) {
 	pl.Close()
 	cfg := Config{Namespace: l.RouterNS, Metrics: metricsAddr, Control: sock, CPUs: []int{0, 1 % runtime.NumCPU()},
 		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "afxdp"}, {Name: l.Ingress[1].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "pass"}},
-		FIB:        FIBConfig{Groups4: 64, Groups6: 64, Nexthops: 64}}
+		FIB:        FIBConfig{Nodes4: 1024, Leaves4: 2048, Nodes6: 1024, Leaves6: 2048, Nexthops: 64}}
 	d, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -267,7 +267,7 @@ func TestLeftoverAffinity(t *testing.T) {
 	dir := t.TempDir()
 	cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(dir, "x.sock"),
 		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "pass"}},
-		FIB:        FIBConfig{Groups4: 64, Groups6: 64, Nexthops: 64}}
+		FIB:        FIBConfig{Nodes4: 1024, Leaves4: 2048, Nodes6: 1024, Leaves6: 2048, Nexthops: 64}}
 	xps := "sys/class/net/" + l.Ingress[0].B.Name + "/queues/tx-0/xps_cpus"
 	read := func() string {
 		var v string

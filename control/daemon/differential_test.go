@@ -71,7 +71,7 @@ func TestDifferential(t *testing.T) {
 			cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(t.TempDir(), "x.sock"),
 				CPUs:       []int{0, 1 % runtime.NumCPU()},
 				Interfaces: []Interface{{Name: in.B.Name, Engine: engine}, {Name: l.Ingress[1].B.Name, Engine: engine}, {Name: out.A.Name, Engine: engine}},
-				FIB:        FIBConfig{Groups4: 256, Groups6: 1024, Nexthops: 64}}
+				FIB:        FIBConfig{Nodes4: 4096, Leaves4: 8192, Nodes6: 16384, Leaves6: 32768, Nexthops: 64}}
 			d, err := Start(context.Background(), cfg)
 			if err != nil {
 				t.Fatal(err)

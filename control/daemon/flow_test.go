@@ -29,7 +29,7 @@ func startFlow(tb testing.TB) flow {
 	cfg := Config{Namespace: l.RouterNS, Metrics: "off", Control: filepath.Join(tb.TempDir(), "x.sock"),
 		CPUs:       []int{0, 1 % runtime.NumCPU()},
 		Interfaces: []Interface{{Name: l.Ingress[0].B.Name, Engine: "xdp"}, {Name: l.Ingress[1].B.Name, Engine: "xdp"}, {Name: l.Egress.A.Name, Engine: "xdp"}},
-		FIB:        FIBConfig{Groups4: 256, Groups6: 256, Nexthops: 64}}
+		FIB:        FIBConfig{Nodes4: 4096, Leaves4: 8192, Nodes6: 4096, Leaves6: 8192, Nexthops: 64}}
 	d, err := Start(context.Background(), cfg)
 	if err != nil {
 		tb.Fatal(err)

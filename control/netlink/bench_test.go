@@ -60,7 +60,7 @@ func BenchmarkFullTable(b *testing.B) {
 		lag := time.Since(t1)
 
 		// A cold start on the loaded kernel: dump and load.
-		tb2, err := fib.New(fib.Config{Groups4: 16384, Groups6: 131072, Nexthops: 1024, ECMPGroups: 64})
+		tb2, err := fib.New(fib.Config{Nexthops: 1024, ECMPGroups: 64})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -36,7 +36,7 @@ func newEnv(t testing.TB, cfg Config) *env {
 	l := labtest.Up(t, 0)
 	e := &env{l: l}
 	var err error
-	if e.tb, err = fib.New(fib.Config{Groups4: 16384, Groups6: 65536, Nexthops: 1024, ECMPGroups: 64}); err != nil {
+	if e.tb, err = fib.New(fib.Config{Nexthops: 1024, ECMPGroups: 64}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.tb.Close() })
@@ -364,7 +364,7 @@ func TestMirrorOverflowResyncs(t *testing.T) {
 // reports an entry changed behind the mirror's back.
 func TestCheckFindsDifferences(t *testing.T) {
 	e := newEnv(t, Config{})
-	tb, err := fib.New(fib.Config{Groups4: 64, Groups6: 64, Nexthops: 64, ECMPGroups: 4})
+	tb, err := fib.New(fib.Config{Nodes4: 1024, Leaves4: 2048, Nodes6: 1024, Leaves6: 2048, Nexthops: 64, ECMPGroups: 4})
 	if err != nil {
 		t.Fatal(err)
 	}

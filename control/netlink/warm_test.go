@@ -26,7 +26,7 @@ func TestWarmStartIDs(t *testing.T) {
 	l := labtest.Up(t, 0)
 	pins := filepath.Join(bpffs.DefaultRoot, fmt.Sprintf("xdprouter-warm-%d", os.Getpid()))
 	t.Cleanup(func() { os.RemoveAll(pins) })
-	fc := fib.Config{Groups4: 64, Groups6: 64, Nexthops: 64, ECMPGroups: 16, PinPath: pins}
+	fc := fib.Config{Nodes4: 1024, Leaves4: 2048, Nodes6: 1024, Leaves6: 2048, Nexthops: 64, ECMPGroups: 16, PinPath: pins}
 	ns, err := netns.GetFromName(l.RouterNS)
 	if err != nil {
 		t.Fatal(err)

@@ -42,7 +42,7 @@ func newRig(t testing.TB, queues int) *rig {
 	l := labtest.Up(t, queues)
 	r := &rig{lab: l}
 	var err error
-	r.tb, err = fib.New(fib.Config{Groups4: 64, Groups6: 64, Nexthops: 16, ECMPGroups: 4})
+	r.tb, err = fib.New(fib.Config{Nodes4: 1024, Leaves4: 2048, Nodes6: 1024, Leaves6: 2048, Nexthops: 16, ECMPGroups: 4})
 	if err != nil {
 		t.Fatal(err)
 	}

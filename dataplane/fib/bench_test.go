@@ -25,6 +25,7 @@ type benchEnv struct {
 	fib      *fib.Table
 	bart     *bart.Table[fib.Result]
 	bartHeap uint64 // bytes bart's table holds
+	old      *fib.DIR248
 	addrs    map[string]*addrSet
 }
 
@@ -63,7 +64,7 @@ func env(b *testing.B, which string) *benchEnv {
 	for i, p := range append(src.V4, src.V6...) {
 		e.routes = append(e.routes, fib.Route{Prefix: p, Result: fib.MakeResult(fib.RouteNexthop, uint32(i%1024))})
 	}
-	e.fib, err = fib.New(fib.Config{Groups4: 16384, Groups6: 131072})
+	e.fib, err = fib.New(fib.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -80,6 +81,16 @@ func env(b *testing.B, which string) *benchEnv {
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
 	e.bartHeap = m1.HeapAlloc - m0.HeapAlloc
+	e.old = fib.NewDIR248(16384, 131072)
+	for _, r := range e.routes {
+		if err := e.old.Insert(r.Prefix, r.Result); err != nil {
+			b.Fatal(err)
+		}
+	}
+	st := e.fib.Stats()
+	b.Logf("table %s: fib %.2f MiB (%d+%d nodes, %d+%d leaves), DIR-24-8 %.2f MiB, bart %.2f MiB of heap", which,
+		float64(st.TableBytes)/(1<<20), st.Nodes4, st.Nodes6, st.Leaves4, st.Leaves6,
+		float64(e.old.Bytes())/(1<<20), float64(e.bartHeap)/(1<<20))
 
 	rng := rand.New(rand.NewPCG(7, 8))
 	e.addrs["random4"] = makeSet(func() netip.Addr {
@@ -127,14 +138,15 @@ func inside(rng *rand.Rand, p netip.Prefix) netip.Addr {
 	return a
 }
 
-// BenchmarkLookup compares our table and bart, one lookup per op:
+// BenchmarkLookup compares our table, the DIR-24-8 layout it replaced
+// and bart, one lookup per op:
 // independent lookups (throughput), a serial chain (each address depends
 // on the previous result: the latency a lone packet sees) and batches of
 // 64 through the Reader API (bart has no batch API: a plain loop).
 func BenchmarkLookup(b *testing.B) {
 	for _, which := range []string{"real", "today"} {
 		for _, set := range []string{"random4", "drawn4", "random6", "drawn6"} {
-			for _, impl := range []string{"fib", "bart"} {
+			for _, impl := range []string{"fib", "dir248", "bart"} {
 				for _, mode := range []string{"independent", "chain", "batch"} {
 					b.Run(fmt.Sprintf("%s/%s/%s/%s", which, set, impl, mode), func(b *testing.B) {
 						e := env(b, which)
@@ -146,11 +158,26 @@ func BenchmarkLookup(b *testing.B) {
 	}
 }
 
+// lookuper is what benchLookup needs of a table: fib.Reader and the old
+// layout have it.
+type lookuper interface {
+	Begin()
+	End()
+	Lookup4(uint32) fib.Result
+	Lookup6(*[16]byte) fib.Result
+	LookupBatch4([]uint32, []fib.Result)
+	LookupBatch6([][16]byte, []fib.Result)
+}
+
 func benchLookup(b *testing.B, e *benchEnv, s *addrSet, impl, mode string) {
 	const m = nAddrs - 1
 	var sink fib.Result
-	r := e.fib.NewReader()
-	defer r.Close()
+	rd := e.fib.NewReader()
+	defer rd.Close()
+	var r lookuper = rd
+	if impl == "dir248" {
+		r = e.old
+	}
 	v6 := len(s.v6) > 0
 	b.ResetTimer()
 	switch {
@@ -256,7 +283,7 @@ func BenchmarkLoad(b *testing.B) {
 					var tb *fib.Table
 					if impl == "fib" {
 						var err error
-						if tb, err = fib.New(fib.Config{Groups4: 16384, Groups6: 131072}); err != nil {
+						if tb, err = fib.New(fib.Config{}); err != nil {
 							b.Fatal(err)
 						}
 						defer tb.Close()
@@ -287,12 +314,7 @@ func BenchmarkLoad(b *testing.B) {
 							b.Fatal(err)
 						}
 						took += time.Since(t0)
-						st := tb.Stats()
-						g, of := st.Groups4, 1<<24*4
-						if fam == 6 {
-							g, of = st.Groups6, 1<<16*4
-						}
-						bytes = float64(of + g*1024)
+						bytes = float64(tb.Stats().TableBytes)
 					}
 					b.ReportMetric(float64(took.Milliseconds())/float64(b.N), "ms/load")
 					b.ReportMetric(bytes/(1<<20), "MiB")
@@ -304,29 +326,81 @@ func BenchmarkLoad(b *testing.B) {
 }
 
 // BenchmarkUpdate inserts and deletes a prefix in the full table, one
-// pair per op: a /24 (one first-level entry), a /28 (a group created and
-// collapsed) and a /48 for IPv6.
+// pair per op: a /24, a /28 (nodes created and freed) and a /48 for IPv6.
 func BenchmarkUpdate(b *testing.B) {
 	for _, pf := range []string{"203.0.113.0/24", "203.0.113.16/28", "2001:db8:1234::/48"} {
-		for _, impl := range []string{"fib", "bart"} {
+		for _, impl := range []string{"fib", "dir248", "bart"} {
 			b.Run(fmt.Sprintf("%s/%s", pf, impl), func(b *testing.B) {
 				e := env(b, "real")
 				p := netip.MustParsePrefix(pf)
 				res := fib.MakeResult(fib.RouteNexthop, 7)
 				for range b.N {
-					if impl == "bart" {
-						e.bart.Insert(p, res)
-						e.bart.Delete(p)
-						continue
-					}
-					if err := e.fib.Insert(p, res); err != nil {
+					if err := update(e, impl, p, res, true); err != nil {
 						b.Fatal(err)
 					}
-					if err := e.fib.Delete(p); err != nil {
+					if err := update(e, impl, p, res, false); err != nil {
 						b.Fatal(err)
 					}
 				}
 			})
 		}
 	}
+}
+
+// BenchmarkChurn changes routes of the full table as BGP does, one change
+// per op, and reports changes per second: "replace" points a random
+// route at another nexthop, "withdraw" deletes a random route and
+// announces it again (two changes).
+func BenchmarkChurn(b *testing.B) {
+	for _, mode := range []string{"replace", "withdraw"} {
+		for _, impl := range []string{"fib", "dir248", "bart"} {
+			b.Run(fmt.Sprintf("real/%s/%s", mode, impl), func(b *testing.B) {
+				e := env(b, "real")
+				rng := rand.New(rand.NewPCG(3, 4))
+				b.ResetTimer()
+				t0 := time.Now()
+				changes := 0
+				for i := 0; changes < b.N; i++ {
+					r := e.routes[rng.IntN(len(e.routes))]
+					if mode == "replace" {
+						if err := update(e, impl, r.Prefix, fib.MakeResult(fib.RouteNexthop, uint32(i%1024)), true); err != nil {
+							b.Fatal(err)
+						}
+						// Put it back, so the table stays the real one.
+						if err := update(e, impl, r.Prefix, r.Result, true); err != nil {
+							b.Fatal(err)
+						}
+					} else {
+						if err := update(e, impl, r.Prefix, 0, false); err != nil {
+							b.Fatal(err)
+						}
+						if err := update(e, impl, r.Prefix, r.Result, true); err != nil {
+							b.Fatal(err)
+						}
+					}
+					changes += 2
+				}
+				b.ReportMetric(float64(changes)/time.Since(t0).Seconds(), "changes/s")
+			})
+		}
+	}
+}
+
+// update inserts (or deletes) p in one of the benchmark's tables.
+func update(e *benchEnv, impl string, p netip.Prefix, r fib.Result, insert bool) error {
+	switch {
+	case impl == "bart" && insert:
+		e.bart.Insert(p, r)
+	case impl == "bart":
+		e.bart.Delete(p)
+	case impl == "dir248" && insert:
+		return e.old.Insert(p, r)
+	case impl == "dir248":
+		return e.old.Delete(p)
+	case insert:
+		return e.fib.Insert(p, r)
+	default:
+		return e.fib.Delete(p)
+	}
+	return nil
 }

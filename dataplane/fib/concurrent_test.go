@@ -73,12 +73,12 @@ func (c *churnSet) result(i int) fib.Result { return fib.MakeResult(fib.RouteNex
 
 // TestConcurrentChurn has Go readers and the kernel look up addresses
 // while a writer inserts and deletes prefixes in a table with so few
-// second-level groups that they are freed and reused all the time.
+// nodes and leaves that they are freed and reused all the time.
 func TestConcurrentChurn(t *testing.T) {
 	testutil.Privileged(t)
 	for _, v6 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
-			tb, err := fib.New(fib.Config{Groups4: 24, Groups6: 160, Nexthops: 4, ECMPGroups: 1})
+			tb, err := fib.New(fib.Config{Nodes4: 384, Leaves4: 768, Nodes6: 2560, Leaves6: 5120, Nexthops: 4, ECMPGroups: 1})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -179,12 +179,16 @@ func TestConcurrentChurn(t *testing.T) {
 				case err == nil:
 					in[i] = !in[i]
 				case errorsIsCapacity(err):
-					// Full: delete some present prefix instead, so groups
-					// are collapsed and then reused after a grace period.
+					// Full: delete some present prefix instead, so blocks
+					// are retired and then reused after a grace period.
 					for j := range in {
 						if k := (i + j) % len(in); in[k] {
+							// A delete copies a path too: it may be
+							// refused while the old blocks wait for readers.
 							if failed = tb.Delete(c.ps[k]); failed == nil {
 								in[k] = false
+							} else if errorsIsCapacity(failed) {
+								failed = nil
 							}
 							break
 						}
@@ -218,12 +222,12 @@ func TestConcurrentChurn(t *testing.T) {
 }
 
 // TestReuseWaitsForReaders proves the reclamation rule deterministically:
-// a group unpublished while a Reader is inside a read section is not
+// blocks unpublished while a Reader is inside a read section are not
 // reused until the reader leaves it, and every reuse follows a kernel
 // grace period.
 func TestReuseWaitsForReaders(t *testing.T) {
 	testutil.Privileged(t)
-	tb, err := fib.New(fib.Config{Groups4: 1, Groups6: 1, Nexthops: 1, ECMPGroups: 1})
+	tb, err := fib.New(fib.Config{Nodes4: 2, Leaves4: 3, Nodes6: 1, Leaves6: 1, Nexthops: 1, ECMPGroups: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +238,7 @@ func TestReuseWaitsForReaders(t *testing.T) {
 	}
 	r := tb.NewReader()
 	defer r.Close()
-	r.Begin() // a reader that may hold a pointer into a's group
+	r.Begin() // a reader that may hold a pointer into a's nodes
 	if err := tb.Delete(a); err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +247,7 @@ func TestReuseWaitsForReaders(t *testing.T) {
 	go func() { done <- tb.Insert(b, fib.MakeResult(fib.RouteNexthop, 2)) }()
 	select {
 	case err := <-done:
-		t.Fatalf("the only group was reused while a reader was inside a read section (insert returned %v)", err)
+		t.Fatalf("the only nodes were reused while a reader was inside a read section (insert returned %v)", err)
 	case <-time.After(200 * time.Millisecond):
 	}
 	r.End()

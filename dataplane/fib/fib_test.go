@@ -66,7 +66,7 @@ func check(t *testing.T, tb *Table, ref refTable, addrs []netip.Addr, when strin
 }
 
 func TestDifferential(t *testing.T) {
-	tb := newTestTable(t, Config{Groups4: 4096, Groups6: 16384, Nexthops: 1024, ECMPGroups: 64})
+	tb := newTestTable(t, Config{Nexthops: 1024, ECMPGroups: 64})
 	for _, v6 := range []bool{false, true} {
 		for seed := range uint64(4) {
 			t.Run(fmt.Sprintf("v6=%v/seed=%d", v6, seed), func(t *testing.T) {
@@ -107,7 +107,7 @@ func TestDifferential(t *testing.T) {
 				if err := tb.Delete(netip.MustParsePrefix("203.0.113.0/24")); !errors.Is(err, ErrNotFound) && !v6 {
 					t.Errorf("delete of a missing prefix: %v, want ErrNotFound", err)
 				}
-				// Delete the rest: every group must be given back.
+				// Delete the rest: every node and leaf must be given back.
 				for p := range ref {
 					if err := tb.Delete(p); err != nil {
 						t.Fatal(err)
@@ -115,13 +115,13 @@ func TestDifferential(t *testing.T) {
 				}
 				check(t, tb, refTable{}, addrs, "after deleting everything")
 				st := tb.Stats()
-				if st.Routes4+st.Routes6 != 0 || st.Groups4 != 0 || st.Groups6 != 0 {
+				if st.Routes4+st.Routes6 != 0 || st.Nodes4+st.Leaves4+st.Nodes6+st.Leaves6 != 0 {
 					t.Errorf("empty table still holds %+v", st)
 				}
-				for _, tr := range []*trie{tb.v4, tb.v6} {
-					for i, e := range tr.l0 {
+				for _, f := range []*family{tb.v4, tb.v6} {
+					for i, e := range f.btop {
 						if e != 0 {
-							t.Fatalf("first level entry %d = %#x in an empty table", i, e)
+							t.Fatalf("top level entry %d = %#x in an empty table", i, e)
 						}
 					}
 				}
@@ -131,7 +131,7 @@ func TestDifferential(t *testing.T) {
 }
 
 func TestEdges(t *testing.T) {
-	tb := newTestTable(t, Config{Groups4: 64, Groups6: 64, Nexthops: 16, ECMPGroups: 4})
+	tb := newTestTable(t, Config{Nodes4: 1024, Leaves4: 2048, Nodes6: 1024, Leaves6: 2048, Nexthops: 16, ECMPGroups: 4})
 	nh := func(i uint32) Result { return MakeResult(RouteNexthop, i) }
 	steps := []struct {
 		op     string // "+" insert, "-" delete
@@ -173,41 +173,52 @@ func TestEdges(t *testing.T) {
 }
 
 func TestCapacity(t *testing.T) {
-	tb := newTestTable(t, Config{Groups4: 2, Groups6: 3, Nexthops: 4, ECMPGroups: 2})
+	tb := newTestTable(t, Config{Nodes4: 12, Leaves4: 64, Nodes6: 5, Leaves6: 64, Nexthops: 4, ECMPGroups: 2})
 	nh := MakeResult(RouteNexthop, 1)
-	for _, p := range []string{"10.0.0.0/25", "10.0.1.0/25"} {
-		if err := tb.Insert(netip.MustParsePrefix(p), nh); err != nil {
+	// Each /25 in its own /22 needs one more node under 10.0.0.0/16, and
+	// the path above it copied: the arrays fill up after a few.
+	var refused netip.Prefix
+	var loaded []netip.Prefix
+	for i := range 12 {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(4 * i), 0}), 25)
+		before, st := tb.Lookup(p.Addr()), tb.Stats()
+		err := tb.Insert(p, nh)
+		if err == nil {
+			loaded = append(loaded, p)
+			continue
+		}
+		if !errors.Is(err, ErrCapacity) {
 			t.Fatal(err)
 		}
+		if got := tb.Lookup(p.Addr()); got != before {
+			t.Errorf("refused insert of %s changed the table: %v -> %v", p, before, got)
+		}
+		if st2 := tb.Stats(); st2.Routes4 != st.Routes4 || st2.Nodes4 != st.Nodes4 || st2.Leaves4 != st.Leaves4 {
+			t.Errorf("after a refused insert: %+v, was %+v", st2, st)
+		}
+		refused = p
+		break
 	}
-	before := tb.Lookup(netip.MustParseAddr("10.0.2.1"))
-	err := tb.Insert(netip.MustParsePrefix("10.0.2.0/25"), nh)
-	if !errors.Is(err, ErrCapacity) {
-		t.Fatalf("third group: %v, want ErrCapacity", err)
+	if !refused.IsValid() || len(loaded) < 2 {
+		t.Fatalf("loaded %d /25s before a refusal (%v): make the test's arrays fit", len(loaded), refused)
 	}
-	if got := tb.Lookup(netip.MustParseAddr("10.0.2.1")); got != before {
-		t.Errorf("failed insert changed the table: %v -> %v", before, got)
-	}
-	if st := tb.Stats(); st.Routes4 != 2 || st.Groups4 != 2 {
-		t.Errorf("after a refused insert: %+v", st)
-	}
-	// A /64 under an empty first level needs 6 groups (bits 16-64): refused
+	// A /64 under an empty top entry needs 8 nodes (bits 16-64): refused
 	// whole, with nothing half-built.
 	if err := tb.Insert(netip.MustParsePrefix("2001:db8:1:2::/64"), nh); !errors.Is(err, ErrCapacity) {
 		t.Fatalf("deep IPv6 prefix: %v, want ErrCapacity", err)
 	}
-	if st := tb.Stats(); st.Groups6 != 0 || st.Routes6 != 0 {
+	if st := tb.Stats(); st.Nodes6 != 0 || st.Leaves6 != 0 || st.Routes6 != 0 {
 		t.Errorf("refused IPv6 insert left %+v", st)
 	}
-	// Freed groups come back after a grace period.
-	if err := tb.Delete(netip.MustParsePrefix("10.0.0.0/25")); err != nil {
+	// Freed blocks come back after a grace period.
+	if err := tb.Delete(loaded[0]); err != nil {
 		t.Fatal(err)
 	}
-	if err := tb.Insert(netip.MustParsePrefix("10.0.2.0/25"), nh); err != nil {
-		t.Fatalf("insert after a delete freed a group: %v", err)
+	if err := tb.Insert(refused, nh); err != nil {
+		t.Fatalf("insert after a delete freed nodes: %v", err)
 	}
 	if tb.Stats().GracePeriods == 0 {
-		t.Error("a freed group was reused without a grace period")
+		t.Error("a freed block was reused without a grace period")
 	}
 	for id := range uint32(4) {
 		if err := tb.SetNexthop(id, Nexthop{Ifindex: 1, State: Resolved}); err != nil {

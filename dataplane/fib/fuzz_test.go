@@ -25,7 +25,9 @@ func FuzzUpdates(f *testing.F) {
 	f.Add([]byte{0x03, 48, 0x20, 1, 0, 1, 0x03, 128, 0x20, 1, 0, 1, 0x02, 48, 0x20, 1, 0, 1})
 	f.Add([]byte{0x01, 0, 0, 0, 0, 0, 0x01, 32, 255, 255, 255, 255, 0x00, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fuzzOnce.Do(func() { fuzzTable, fuzzErr = New(Config{Groups4: 512, Groups6: 2048, Nexthops: 1, ECMPGroups: 1}) })
+		fuzzOnce.Do(func() {
+			fuzzTable, fuzzErr = New(Config{Nodes4: 8192, Leaves4: 16384, Nodes6: 32768, Leaves6: 65536, Nexthops: 1, ECMPGroups: 1})
+		})
 		if fuzzErr != nil {
 			t.Fatal(fuzzErr)
 		}
@@ -37,7 +39,7 @@ func FuzzUpdates(f *testing.F) {
 					t.Fatalf("cleanup delete %s: %v", p, err)
 				}
 			}
-			if st := tb.Stats(); st.Routes4+st.Routes6 != 0 || st.Groups4+st.Groups6 != 0 {
+			if st := tb.Stats(); st.Routes4+st.Routes6 != 0 || st.Nodes4+st.Leaves4+st.Nodes6+st.Leaves6 != 0 {
 				t.Fatalf("table not empty after deleting every route: %+v", st)
 			}
 		}()

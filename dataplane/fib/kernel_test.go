@@ -17,7 +17,7 @@ import (
 // result, the nexthop and the ECMP member must be the ones Go reads.
 func TestKernelAgrees(t *testing.T) {
 	testutil.Privileged(t)
-	tb, err := fib.New(fib.Config{Groups4: 4096, Groups6: 16384, Nexthops: 256, ECMPGroups: 32})
+	tb, err := fib.New(fib.Config{Nexthops: 256, ECMPGroups: 32})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func resolve(r *fib.Reader, res fib.Result, hash uint32) (fib.NexthopEntry, uint
 // TestHashAgrees checks that Go and the kernel hash flows bit for bit alike.
 func TestHashAgrees(t *testing.T) {
 	testutil.Privileged(t)
-	tb, err := fib.New(fib.Config{Groups4: 1, Groups6: 1, Nexthops: 1, ECMPGroups: 1})
+	tb, err := fib.New(fib.Config{Nodes4: 16, Leaves4: 32, Nodes6: 16, Leaves6: 32, Nexthops: 1, ECMPGroups: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,14 +29,15 @@ func (t RouteType) String() string {
 	return fmt.Sprintf("type%d", uint8(t))
 }
 
-// Table entries are 32-bit words shared with the BPF program (bpf/fib.h):
+// Entries of the writer's expanded mirror (poptrie.go) are 32-bit words:
 //
-//	bit  31     ext: the rest is a second-level group index
+//	bit  31     ext: the rest is a mirror node index
 //	bits 23-30  depth: length of the prefix that painted the entry (0-128)
 //	bits 20-22  route type
 //	bits 0-19   index: nexthop or ECMP group ID
 //
-// A lookup result is the entry without ext and depth bits.
+// A lookup result is the entry without ext and depth bits: what the
+// emitted table the BPF program reads (bpf/fib.h) holds in its leaves.
 const (
 	extBit     = 1 << 31
 	depthShift = 23

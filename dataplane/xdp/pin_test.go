@@ -27,7 +27,7 @@ func TestRestartWithPinnedMaps(t *testing.T) {
 	dir := fmt.Sprintf("/sys/fs/bpf/xdprouter-test-%d", os.Getpid())
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	open := func() (*fib.Table, *Program) {
-		tb, err := fib.New(fib.Config{Groups4: 64, Groups6: 64, Nexthops: 16, ECMPGroups: 4, PinPath: dir + "/fib"})
+		tb, err := fib.New(fib.Config{Nodes4: 1024, Leaves4: 2048, Nodes6: 1024, Leaves6: 2048, Nexthops: 16, ECMPGroups: 4, PinPath: dir + "/fib"})
 		if err != nil {
 			t.Fatal(err)
 		}

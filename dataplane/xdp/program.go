@@ -155,7 +155,7 @@ func Load(table *fib.Table, opts Options) (*Program, error) {
 		}
 	} else {
 		// The FIB maps must still exist for the verifier; keep them tiny.
-		for _, name := range []string{"fib4_groups", "fib6_groups", "fib_nh_ptr", "fib_nh", "fib_ecmp_ptr", "fib_ecmp"} {
+		for _, name := range []string{"fib4_top", "fib4_nodes", "fib4_leaves", "fib6_top", "fib6_nodes", "fib6_leaves", "fib_nh_ptr", "fib_nh", "fib_ecmp_ptr", "fib_ecmp"} {
 			spec.Maps[name].MaxEntries = 1
 		}
 	}

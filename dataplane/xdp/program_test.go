@@ -41,7 +41,7 @@ func newRig(t testing.TB, src Source) *rig {
 	l := labtest.Up(t, 0)
 	r := &rig{lab: l, in: l.Ingress[0].B, out: l.Egress.A, sink: l.Egress.B.MAC, nh: map[uint32]fib.Nexthop{}}
 	var err error
-	r.tb, err = fib.New(fib.Config{Groups4: 64, Groups6: 64, Nexthops: 16, ECMPGroups: 4})
+	r.tb, err = fib.New(fib.Config{Nodes4: 1024, Leaves4: 2048, Nodes6: 1024, Leaves6: 2048, Nexthops: 16, ECMPGroups: 4})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,6 +50,14 @@ type routerFibNexthop struct {
 	Gen     uint32
 }
 
+type routerFibNode struct {
+	_       structs.HostLayout
+	Vector  uint64
+	Leafvec uint64
+	Base0   uint32
+	Base1   uint32
+}
+
 type routerFibPtr struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -117,10 +125,12 @@ type routerXskMeta struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	routerMapCounters      = "counters"
-	routerMapFib4Groups    = "fib4_groups"
-	routerMapFib4L0        = "fib4_l0"
-	routerMapFib6Groups    = "fib6_groups"
-	routerMapFib6L0        = "fib6_l0"
+	routerMapFib4Leaves    = "fib4_leaves"
+	routerMapFib4Nodes     = "fib4_nodes"
+	routerMapFib4Top       = "fib4_top"
+	routerMapFib6Leaves    = "fib6_leaves"
+	routerMapFib6Nodes     = "fib6_nodes"
+	routerMapFib6Top       = "fib6_top"
 	routerMapFibEcmp       = "fib_ecmp"
 	routerMapFibEcmpPtr    = "fib_ecmp_ptr"
 	routerMapFibNh         = "fib_nh"
@@ -193,10 +203,12 @@ type routerProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type routerMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Fib4Groups   *ebpf.MapSpec `ebpf:"fib4_groups"`
-	Fib4L0       *ebpf.MapSpec `ebpf:"fib4_l0"`
-	Fib6Groups   *ebpf.MapSpec `ebpf:"fib6_groups"`
-	Fib6L0       *ebpf.MapSpec `ebpf:"fib6_l0"`
+	Fib4Leaves   *ebpf.MapSpec `ebpf:"fib4_leaves"`
+	Fib4Nodes    *ebpf.MapSpec `ebpf:"fib4_nodes"`
+	Fib4Top      *ebpf.MapSpec `ebpf:"fib4_top"`
+	Fib6Leaves   *ebpf.MapSpec `ebpf:"fib6_leaves"`
+	Fib6Nodes    *ebpf.MapSpec `ebpf:"fib6_nodes"`
+	Fib6Top      *ebpf.MapSpec `ebpf:"fib6_top"`
 	FibEcmp      *ebpf.MapSpec `ebpf:"fib_ecmp"`
 	FibEcmpPtr   *ebpf.MapSpec `ebpf:"fib_ecmp_ptr"`
 	FibNh        *ebpf.MapSpec `ebpf:"fib_nh"`
@@ -245,10 +257,12 @@ func (o *routerObjects) Close() error {
 // It can be passed to loadRouterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type routerMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
-	Fib4Groups   *ebpf.Map `ebpf:"fib4_groups"`
-	Fib4L0       *ebpf.Map `ebpf:"fib4_l0"`
-	Fib6Groups   *ebpf.Map `ebpf:"fib6_groups"`
-	Fib6L0       *ebpf.Map `ebpf:"fib6_l0"`
+	Fib4Leaves   *ebpf.Map `ebpf:"fib4_leaves"`
+	Fib4Nodes    *ebpf.Map `ebpf:"fib4_nodes"`
+	Fib4Top      *ebpf.Map `ebpf:"fib4_top"`
+	Fib6Leaves   *ebpf.Map `ebpf:"fib6_leaves"`
+	Fib6Nodes    *ebpf.Map `ebpf:"fib6_nodes"`
+	Fib6Top      *ebpf.Map `ebpf:"fib6_top"`
 	FibEcmp      *ebpf.Map `ebpf:"fib_ecmp"`
 	FibEcmpPtr   *ebpf.Map `ebpf:"fib_ecmp_ptr"`
 	FibNh        *ebpf.Map `ebpf:"fib_nh"`
@@ -267,10 +281,12 @@ type routerMaps struct {
 func (m *routerMaps) Close() error {
 	return _RouterClose(
 		m.Counters,
-		m.Fib4Groups,
-		m.Fib4L0,
-		m.Fib6Groups,
-		m.Fib6L0,
+		m.Fib4Leaves,
+		m.Fib4Nodes,
+		m.Fib4Top,
+		m.Fib6Leaves,
+		m.Fib6Nodes,
+		m.Fib6Top,
 		m.FibEcmp,
 		m.FibEcmpPtr,
 		m.FibNh,

@@ -18,7 +18,7 @@ import (
 // queues are used; frames whose queue has no socket go to the kernel.
 func TestSteering(t *testing.T) {
 	l := labtest.Up(t, 2)
-	tb, err := fib.New(fib.Config{Groups4: 16, Groups6: 16, Nexthops: 4, ECMPGroups: 1})
+	tb, err := fib.New(fib.Config{Nodes4: 256, Leaves4: 512, Nodes6: 256, Leaves6: 512, Nexthops: 4, ECMPGroups: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,14 @@ type probeFibNexthop struct {
 	Gen     uint32
 }
 
+type probeFibNode struct {
+	_       structs.HostLayout
+	Vector  uint64
+	Leafvec uint64
+	Base0   uint32
+	Base1   uint32
+}
+
 type probeFibPtr struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -46,10 +54,12 @@ type probeFibRow struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	probeMapFib4Groups = "fib4_groups"
-	probeMapFib4L0     = "fib4_l0"
-	probeMapFib6Groups = "fib6_groups"
-	probeMapFib6L0     = "fib6_l0"
+	probeMapFib4Leaves = "fib4_leaves"
+	probeMapFib4Nodes  = "fib4_nodes"
+	probeMapFib4Top    = "fib4_top"
+	probeMapFib6Leaves = "fib6_leaves"
+	probeMapFib6Nodes  = "fib6_nodes"
+	probeMapFib6Top    = "fib6_top"
 	probeMapFibEcmp    = "fib_ecmp"
 	probeMapFibEcmpPtr = "fib_ecmp_ptr"
 	probeMapFibNh      = "fib_nh"
@@ -107,10 +117,12 @@ type probeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeMapSpecs struct {
-	Fib4Groups *ebpf.MapSpec `ebpf:"fib4_groups"`
-	Fib4L0     *ebpf.MapSpec `ebpf:"fib4_l0"`
-	Fib6Groups *ebpf.MapSpec `ebpf:"fib6_groups"`
-	Fib6L0     *ebpf.MapSpec `ebpf:"fib6_l0"`
+	Fib4Leaves *ebpf.MapSpec `ebpf:"fib4_leaves"`
+	Fib4Nodes  *ebpf.MapSpec `ebpf:"fib4_nodes"`
+	Fib4Top    *ebpf.MapSpec `ebpf:"fib4_top"`
+	Fib6Leaves *ebpf.MapSpec `ebpf:"fib6_leaves"`
+	Fib6Nodes  *ebpf.MapSpec `ebpf:"fib6_nodes"`
+	Fib6Top    *ebpf.MapSpec `ebpf:"fib6_top"`
 	FibEcmp    *ebpf.MapSpec `ebpf:"fib_ecmp"`
 	FibEcmpPtr *ebpf.MapSpec `ebpf:"fib_ecmp_ptr"`
 	FibNh      *ebpf.MapSpec `ebpf:"fib_nh"`
@@ -144,10 +156,12 @@ func (o *probeObjects) Close() error {
 //
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probeMaps struct {
-	Fib4Groups *ebpf.Map `ebpf:"fib4_groups"`
-	Fib4L0     *ebpf.Map `ebpf:"fib4_l0"`
-	Fib6Groups *ebpf.Map `ebpf:"fib6_groups"`
-	Fib6L0     *ebpf.Map `ebpf:"fib6_l0"`
+	Fib4Leaves *ebpf.Map `ebpf:"fib4_leaves"`
+	Fib4Nodes  *ebpf.Map `ebpf:"fib4_nodes"`
+	Fib4Top    *ebpf.Map `ebpf:"fib4_top"`
+	Fib6Leaves *ebpf.Map `ebpf:"fib6_leaves"`
+	Fib6Nodes  *ebpf.Map `ebpf:"fib6_nodes"`
+	Fib6Top    *ebpf.Map `ebpf:"fib6_top"`
 	FibEcmp    *ebpf.Map `ebpf:"fib_ecmp"`
 	FibEcmpPtr *ebpf.Map `ebpf:"fib_ecmp_ptr"`
 	FibNh      *ebpf.Map `ebpf:"fib_nh"`
@@ -157,10 +171,12 @@ type probeMaps struct {
 
 func (m *probeMaps) Close() error {
 	return _ProbeClose(
-		m.Fib4Groups,
-		m.Fib4L0,
-		m.Fib6Groups,
-		m.Fib6L0,
+		m.Fib4Leaves,
+		m.Fib4Nodes,
+		m.Fib4Top,
+		m.Fib6Leaves,
+		m.Fib6Nodes,
+		m.Fib6Top,
 		m.FibEcmp,
 		m.FibEcmpPtr,
 		m.FibNh,

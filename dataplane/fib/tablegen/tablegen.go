@@ -151,7 +151,7 @@ func Load(n4, n6 int, seed uint64) (Table, error) {
 // table's length distribution, deterministic for a seed, none of them in
 // avoid4/avoid6. IPv4 prefixes are spread over 1.0.0.0-223.255.255.255;
 // IPv6 ones of /32 and longer cluster under a pool of /32 allocations as
-// real ones do (so second-level groups are shared realistically).
+// real ones do (so trie nodes are shared realistically).
 func Generate(seed uint64, n4, n6 int, avoid4, avoid6 []netip.Prefix) (v4, v6 []netip.Prefix) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	seen := make(map[netip.Prefix]bool, len(avoid4)+len(avoid6)+n4+n6)
@@ -175,8 +175,7 @@ func Generate(seed uint64, n4, n6 int, avoid4, avoid6 []netip.Prefix) (v4, v6 []
 	// random and become the allocations longer prefixes cluster under, as
 	// in real tables: a quarter of the allocations hold every longer
 	// prefix, those of /40 and longer within four /40s of their allocation. This gives the real
-	// table's sharing of second-level groups (about one group per four
-	// prefixes), not one chain of groups per prefix.
+	// table's sharing of trie nodes, not one chain of nodes per prefix.
 	pick6 := sampler(lengths6)
 	ls := make([]int, n6)
 	for i := range ls {

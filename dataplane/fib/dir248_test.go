@@ -1,130 +1,19 @@
 package fib
 
+// The DIR-24-8 layout this package used until 2026-12 (a 2^24-entry first
+// level and 256-entry groups, IPv6 2^16 then 8-bit levels), kept for the
+// benchmarks only: BenchmarkLookup and BenchmarkUpdate compare the
+// current layout with it in the same run, over Go memory.
+
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"sync/atomic"
 )
 
-// ErrCapacity means the table has no room for a change; the table is left
-// exactly as it was.
-var ErrCapacity = errors.New("fib capacity exhausted")
-
-// ErrNotFound means a deleted prefix was not in the table.
-var ErrNotFound = errors.New("prefix not in fib")
-
 // groupSize is the number of entries of a second-level group (8 bits).
 const groupSize = 256
 
-// routeSet is one family's routes: a map per prefix length keyed by the
-// masked address in compact form (a uint32 for IPv4), so a full table's
-// maps stay small and cache-friendly.
-type routeSet struct {
-	v4  bool
-	by4 [33]map[uint32]Result
-	by6 [129]map[[2]uint64]Result
-	n   int
-}
-
-func key4(a *[16]byte) uint32 { return binary.BigEndian.Uint32(a[:4]) }
-
-func key6(a *[16]byte) [2]uint64 {
-	return [2]uint64{binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])}
-}
-
-// has reports whether any route of length n exists.
-func (rs *routeSet) has(n int) bool {
-	if rs.v4 {
-		return len(rs.by4[n]) > 0
-	}
-	return len(rs.by6[n]) > 0
-}
-
-func (rs *routeSet) get(a *[16]byte, n int) (Result, bool) {
-	var r Result
-	var ok bool
-	if rs.v4 {
-		r, ok = rs.by4[n][key4(a)]
-	} else {
-		r, ok = rs.by6[n][key6(a)]
-	}
-	return r, ok
-}
-
-func (rs *routeSet) put(a *[16]byte, n int, r Result) {
-	if rs.v4 {
-		m := rs.by4[n]
-		if m == nil {
-			m = make(map[uint32]Result)
-			rs.by4[n] = m
-		}
-		before := len(m)
-		m[key4(a)] = r
-		rs.n += len(m) - before
-		return
-	}
-	m := rs.by6[n]
-	if m == nil {
-		m = make(map[[2]uint64]Result)
-		rs.by6[n] = m
-	}
-	before := len(m)
-	m[key6(a)] = r
-	rs.n += len(m) - before
-}
-
-func (rs *routeSet) del(a *[16]byte, n int) bool {
-	if _, ok := rs.get(a, n); !ok {
-		return false
-	}
-	if rs.v4 {
-		delete(rs.by4[n], key4(a))
-	} else {
-		delete(rs.by6[n], key6(a))
-	}
-	rs.n--
-	return true
-}
-
-// grow makes room for more routes of length n before a bulk load.
-func (rs *routeSet) grow(n, more int) {
-	if rs.v4 && len(rs.by4[n]) == 0 {
-		rs.by4[n] = make(map[uint32]Result, more)
-	} else if !rs.v4 && len(rs.by6[n]) == 0 {
-		rs.by6[n] = make(map[[2]uint64]Result, more)
-	}
-}
-
-func (rs *routeSet) clear() {
-	rs.by4, rs.by6, rs.n = [33]map[uint32]Result{}, [129]map[[2]uint64]Result{}, 0
-}
-
-// each calls fn for every route until it returns false.
-func (rs *routeSet) each(fn func(a [16]byte, n int, r Result) bool) bool {
-	for n, m := range rs.by4 {
-		for k, r := range m {
-			var a [16]byte
-			binary.BigEndian.PutUint32(a[:4], k)
-			if !fn(a, n, r) {
-				return false
-			}
-		}
-	}
-	for n, m := range rs.by6 {
-		for k, r := range m {
-			var a [16]byte
-			binary.BigEndian.PutUint64(a[:8], k[0])
-			binary.BigEndian.PutUint64(a[8:], k[1])
-			if !fn(a, n, r) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// trie is a multibit trie: a first level of 2^first entries, then levels
+// trie is the old multibit trie: a first level of 2^first entries, then levels
 // of 256-entry groups, 8 bits each, down to the address length. IPv4 uses
 // first = 24 (DIR-24-8); IPv6 uses first = 16. Each entry records the
 // length of the prefix that painted it, so inserts only overwrite entries
@@ -167,20 +56,6 @@ func index(a *[16]byte, off, n int) int {
 		v = v<<8 | int(a[i+k])
 	}
 	return v
-}
-
-// mask clears the bits of a beyond the first n.
-func mask(a [16]byte, n int) [16]byte {
-	for i := range a {
-		switch {
-		case n >= 8*(i+1):
-		case n <= 8*i:
-			a[i] = 0
-		default:
-			a[i] &= byte(0xff << (8 - (n - 8*i)))
-		}
-	}
-	return a
 }
 
 // level returns the start bit and stride of the level a prefix of length
@@ -493,4 +368,46 @@ func (t *trie) recoverRoutes() {
 		}
 	}
 	walk(t.l0, 0, [16]byte{}, 0, t.first)
+}
+
+// lookup4 is the DIR-24-8 lookup: one read, two for prefixes past /24.
+func (t *trie) lookup4(a uint32) Result {
+	e := atomic.LoadUint32(&t.l0[a>>8])
+	if e&extBit != 0 {
+		e = atomic.LoadUint32(&t.groups[int(e&groupMask)*groupSize+int(a&0xff)])
+	}
+	return Result(e & resultMask)
+}
+
+// lookupBatch4 looks up each address in turn: with at most two loads per
+// address, out-of-order execution already overlaps the misses of
+// neighbouring lookups (a level-by-level pass measured slower: 13.6 vs
+// 9.2 ns on random addresses).
+func (t *trie) lookupBatch4(dst []uint32, out []Result) {
+	for i, a := range dst {
+		out[i] = t.lookup4(a)
+	}
+}
+
+// lookupBatch resolves every address one level at a time.
+func (t *trie) lookupBatch(dst [][16]byte, out []Result) {
+	ext := false
+	for i := range dst {
+		e := atomic.LoadUint32(&t.l0[index(&dst[i], 0, t.first)])
+		out[i] = Result(e)
+		ext = ext || e&extBit != 0
+	}
+	for b := t.first; ext && b < t.bits; b += 8 {
+		ext = false
+		for i := range dst {
+			if e := uint32(out[i]); e&extBit != 0 {
+				e = atomic.LoadUint32(&t.groups[int(e&groupMask)*groupSize+int(dst[i][b/8])])
+				out[i] = Result(e)
+				ext = ext || e&extBit != 0
+			}
+		}
+	}
+	for i := range out {
+		out[i] &= resultMask
+	}
 }

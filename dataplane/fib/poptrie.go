@@ -1,0 +1,1151 @@
+package fib
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"slices"
+	"sync/atomic"
+	"unsafe"
+)
+
+// The emitted layout, shared with bpf/fib.h: a direct-pointing top level
+// of 2^top entries, then Poptrie nodes (Asai and Ohara, SIGCOMM 2015) of
+// 6 bits each. A node's children lie next to each other in the nodes
+// array, its leaves next to each other in the leaves array, and a
+// position's child or leaf is found by counting the set bits below it:
+//
+//	bit v of vector set:  child  nodes[base1 + popcount(vector & mask(v)) - 1]
+//	otherwise:            leaf   leaves[base0 + popcount(leafvec & mask(v)) - 1]
+//
+// where mask(v) keeps bits 0..v. A run of positions with the same result
+// is one leaf, and a subtree that resolves to one result everywhere is a
+// leaf of its parent, so a full Internet table fits in a few MiB.
+const (
+	stride = 6
+	fanout = 1 << stride
+	// nodeFlag marks an emitted top entry that points at a node; without
+	// it the entry is a result.
+	nodeFlag = 1 << 31
+	// Bits resolved by the top level of each family.
+	top4 = 18
+	top6 = 16
+	// Node levels below the top, at most: 16 bits for IPv4, 112 for IPv6.
+	levels4 = (32 - top4 + stride - 1) / stride
+	levels6 = (128 - top6 + stride - 1) / stride
+)
+
+// node is one emitted node (struct fib_node in bpf/fib.h).
+type node struct {
+	vector  uint64 // bit v: position v has a child node
+	leafvec uint64 // bit v: a new leaf starts at position v
+	base0   uint32 // index in leaves of the node's first leaf
+	base1   uint32 // index in nodes of the node's first child
+}
+
+// family is the table of one address family. The writer keeps an
+// expanded copy (the mirror): a multibit trie with the same strides whose
+// entries record the length of the prefix that painted them, so inserts
+// overwrite only entries of shorter prefixes and deletes restore exactly
+// what they uncover. After each change the mirror's changed nodes are
+// emitted as compressed nodes into fresh blocks of the shared arrays, the
+// path above them is copied, and a single 32-bit store of the top entry
+// publishes the new subtree. Readers therefore see the old or the new
+// subtree, never a mix; replaced blocks are reused only after a grace
+// period.
+type family struct {
+	bits, top int
+
+	// The mirror, in Go memory: entries as in result.go (ext: the rest
+	// is a mirror node index).
+	gtop   []uint32
+	gnodes []uint32 // fanout entries per node
+	gmeta  []gmeta
+	gfree  []uint32
+	gdead  []uint32 // freed by the open change; free once it commits
+	gused  int
+
+	// The emitted table, read by the XDP program and Readers.
+	btop   []uint32
+	nodes  []node
+	leaves []uint32
+	na, la blocks
+
+	routes routeSet
+	grace  func() error
+
+	ch change // the open change
+}
+
+// gmeta is what a mirror node was last emitted as.
+type gmeta struct {
+	out    node   // the emitted node, unless isLeaf
+	leaf   uint32 // the result the whole subtree resolves to, if isLeaf
+	isLeaf bool
+	dirty  bool  // changed since it was emitted
+	nl, nc uint8 // leaves and children blocks of out (0: none)
+}
+
+// change is the bookkeeping of one open change: enough to commit it or
+// to put the mirror and the allocators back exactly as they were.
+type change struct {
+	log      bool       // record mirror writes (off for a load into an empty family)
+	writes   []write    // mirror entries overwritten, in order
+	allocs   []uint32   // mirror nodes allocated
+	marked   []uint32   // mirror nodes marked dirty
+	tops     []uint32   // top entries marked dirty
+	topDirty []bool     // by top index
+	metas    []metaSave // metas replaced by emission
+	fresh    []blk      // blocks allocated by emission
+	stale    []blk      // blocks replaced, retired on commit
+	newTop   []uint32   // emitted top values, by position in tops
+}
+
+type write struct {
+	top bool
+	i   int
+	old uint32
+}
+
+type metaSave struct {
+	g   uint32
+	old gmeta
+}
+
+// blk is an allocated block of nodes (leaf false) or leaves.
+type blk struct {
+	at   uint32
+	n    uint8
+	leaf bool
+}
+
+// blocks allocates blocks of 1 to fanout elements from one array: free
+// lists by exact size, a bump pointer, and larger free blocks split. A
+// bitmap of taken elements lets it coalesce free neighbours when nothing
+// fits. Blocks retired after being published wait for a grace period.
+type blocks struct {
+	size    int // elements in the array
+	next    int // elements never allocated start here
+	free    [fanout + 1][]uint32
+	pending []blk
+	used    int      // elements in live blocks
+	taken   []uint64 // bit per element: live or pending
+}
+
+func (b *blocks) take(at uint32, n int, v bool) {
+	for i := int(at); i < int(at)+n; i++ {
+		if v {
+			b.taken[i/64] |= 1 << (i % 64)
+		} else {
+			b.taken[i/64] &^= 1 << (i % 64)
+		}
+	}
+}
+
+func (b *blocks) alloc(n int) (uint32, bool) {
+	at, ok := b.find(n)
+	if ok {
+		b.used += n
+		b.take(at, n, true)
+	}
+	return at, ok
+}
+
+func (b *blocks) find(n int) (uint32, bool) {
+	if l := b.free[n]; len(l) > 0 {
+		b.free[n] = l[:len(l)-1]
+		return l[len(l)-1], true
+	}
+	if b.next+n <= b.size {
+		b.next += n
+		return uint32(b.next - n), true
+	}
+	for s := n + 1; s <= fanout; s++ {
+		if l := b.free[s]; len(l) > 0 {
+			at := l[len(l)-1]
+			b.free[s] = l[:len(l)-1]
+			b.free[s-n] = append(b.free[s-n], at+uint32(n))
+			return at, true
+		}
+	}
+	return 0, false
+}
+
+// release frees a block no reader has seen.
+func (b *blocks) release(at uint32, n int) {
+	b.used -= n
+	b.take(at, n, false)
+	b.free[n] = append(b.free[n], at)
+}
+
+// retire frees a published block once a grace period has passed.
+func (b *blocks) retire(x blk) {
+	b.used -= int(x.n)
+	b.pending = append(b.pending, x)
+}
+
+// reclaim makes retired blocks reusable: call it after a grace period.
+func (b *blocks) reclaim() {
+	for _, x := range b.pending {
+		b.take(x.at, int(x.n), false)
+		b.free[x.n] = append(b.free[x.n], x.at)
+	}
+	b.pending = b.pending[:0]
+}
+
+// coalesce rebuilds the free lists from the bitmap: neighbouring free
+// blocks become one, cut into blocks of fanout, and a free tail goes back
+// to the bump pointer.
+func (b *blocks) coalesce() {
+	b.free = [fanout + 1][]uint32{}
+	next := 0
+	for i := 0; i < b.next; {
+		if b.taken[i/64]&(1<<(i%64)) != 0 {
+			i++
+			next = i
+			continue
+		}
+		j := i
+		for j < b.next && b.taken[j/64]&(1<<(j%64)) == 0 {
+			j++
+		}
+		if j < b.next {
+			for k := i; k < j; k += fanout {
+				b.free[min(fanout, j-k)] = append(b.free[min(fanout, j-k)], uint32(k))
+			}
+		}
+		i = j
+	}
+	b.next = next
+}
+
+// avail is how many elements are free or will be after a grace period.
+func (b *blocks) avail() int { return b.size - b.used }
+
+func (b *blocks) reset() {
+	b.next, b.used, b.free, b.pending = 0, 0, [fanout + 1][]uint32{}, b.pending[:0]
+	clear(b.taken)
+}
+
+// newFamily makes an empty family over the emitted arrays (all zero).
+func newFamily(addrBits, top int, btop []uint32, nodes []node, leaves []uint32, grace func() error) *family {
+	return &family{
+		bits: addrBits, top: top,
+		gtop: make([]uint32, 1<<top),
+		btop: btop, nodes: nodes, leaves: leaves,
+		na:     blocks{size: len(nodes), taken: make([]uint64, (len(nodes)+63)/64)},
+		la:     blocks{size: len(leaves), taken: make([]uint64, (len(leaves)+63)/64)},
+		routes: routeSet{v4: addrBits == 32},
+		grace:  grace,
+		ch:     change{log: true, topDirty: make([]bool, 1<<top)},
+	}
+}
+
+// chunk returns the w bits of a starting at bit off, most significant
+// first; bits past the address are zero.
+func chunk(a *[16]byte, off, w int) int {
+	hi, lo := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
+	var x uint64
+	if off < 64 {
+		x = hi<<off | lo>>(64-off)
+	} else {
+		x = lo << (off - 64)
+	}
+	return int(x >> (64 - w))
+}
+
+// mask clears the bits of a beyond the first n.
+func mask(a [16]byte, n int) [16]byte {
+	for i := range a {
+		switch {
+		case n >= 8*(i+1):
+		case n <= 8*i:
+			a[i] = 0
+		default:
+			a[i] &= byte(0xff << (8 - (n - 8*i)))
+		}
+	}
+	return a
+}
+
+// The mirror's writes, logged so a refused change can be undone.
+
+func (f *family) setTop(k int, v uint32) {
+	if f.ch.log {
+		f.ch.writes = append(f.ch.writes, write{top: true, i: k, old: f.gtop[k]})
+	}
+	f.gtop[k] = v
+	f.markTop(k)
+}
+
+func (f *family) setEntry(i int, v uint32) {
+	if f.ch.log {
+		f.ch.writes = append(f.ch.writes, write{i: i, old: f.gnodes[i]})
+	}
+	f.gnodes[i] = v
+	f.mark(i / fanout)
+}
+
+func (f *family) markTop(k int) {
+	if !f.ch.topDirty[k] {
+		f.ch.topDirty[k] = true
+		f.ch.tops = append(f.ch.tops, uint32(k))
+	}
+}
+
+func (f *family) mark(g int) {
+	if m := &f.gmeta[g]; !m.dirty {
+		m.dirty = true
+		f.ch.marked = append(f.ch.marked, uint32(g))
+	}
+}
+
+// newNode allocates a mirror node with every entry set to fill.
+func (f *family) newNode(fill uint32) int {
+	var g int
+	if k := len(f.gfree); k > 0 {
+		g = int(f.gfree[k-1])
+		f.gfree = f.gfree[:k-1]
+		f.gmeta[g] = gmeta{}
+	} else {
+		g = len(f.gmeta)
+		f.gnodes = append(f.gnodes, make([]uint32, fanout)...)
+		f.gmeta = append(f.gmeta, gmeta{})
+	}
+	grp := f.gnodes[g*fanout : (g+1)*fanout]
+	for i := range grp {
+		grp[i] = fill
+	}
+	f.gused++
+	f.ch.allocs = append(f.ch.allocs, uint32(g))
+	f.mark(g)
+	return g
+}
+
+// level returns the first bit of the level a prefix of length n is
+// painted at, and the number of bits that level resolves.
+func (f *family) level(n int) (start, width int) {
+	if n <= f.top {
+		return 0, f.top
+	}
+	k := (n - f.top + stride - 1) / stride
+	return f.top + stride*(k-1), stride
+}
+
+// paint writes a/n's entries (a masked) into the mirror, creating nodes
+// on its path as needed.
+func (f *family) paint(a [16]byte, n int, r Result) {
+	e := entryOf(r, n)
+	if n <= f.top {
+		from := chunk(&a, 0, f.top)
+		f.paintTop(from, 1<<(f.top-n), e, n)
+		return
+	}
+	k := chunk(&a, 0, f.top)
+	g := f.descendTop(k)
+	for s := f.top; n > s+stride; s += stride {
+		g = f.descend(g*fanout + chunk(&a, s, stride))
+	}
+	s, _ := f.level(n)
+	if f.paintNode(g, chunk(&a, s, stride), 1<<(s+stride-n), e, n) {
+		f.markPath(&a, n)
+	}
+}
+
+// descendTop returns the node under top entry k, creating it.
+func (f *family) descendTop(k int) int {
+	e := f.gtop[k]
+	if e&extBit != 0 {
+		return int(e & groupMask)
+	}
+	g := f.newNode(e)
+	f.setTop(k, extBit|uint32(g))
+	return g
+}
+
+// descend returns the node under mirror entry i, creating it.
+func (f *family) descend(i int) int {
+	e := f.gnodes[i]
+	if e&extBit != 0 {
+		return int(e & groupMask)
+	}
+	g := f.newNode(e)
+	f.setEntry(i, extBit|uint32(g))
+	return g
+}
+
+// markPath marks every node on the way to the level of a/n dirty: their
+// children blocks change when a node below does.
+func (f *family) markPath(a *[16]byte, n int) {
+	k := chunk(a, 0, f.top)
+	f.markTop(k)
+	g := int(f.gtop[k] & groupMask)
+	for s := f.top; ; s += stride {
+		f.mark(g)
+		if n <= s+stride {
+			return
+		}
+		g = int(f.gnodes[g*fanout+chunk(a, s, stride)] & groupMask)
+	}
+}
+
+// paintTop paints top entries [from, from+count) and what lies below them.
+func (f *family) paintTop(from, count int, e uint32, n int) {
+	for k := from; k < from+count; k++ {
+		old := f.gtop[k]
+		if old&extBit != 0 {
+			if f.paintNode(int(old&groupMask), 0, fanout, e, n) {
+				f.markTop(k)
+			}
+			continue
+		}
+		if depthOf(old) <= n && old != e {
+			f.setTop(k, e)
+		}
+	}
+}
+
+// paintNode writes e over every entry of node g in [from, from+count),
+// and below them, that a prefix no longer than n painted. It reports
+// whether anything changed (the node is then marked dirty).
+func (f *family) paintNode(g, from, count int, e uint32, n int) bool {
+	changed := false
+	base := g * fanout
+	for i := base + from; i < base+from+count; i++ {
+		old := f.gnodes[i]
+		if old&extBit != 0 {
+			if f.paintNode(int(old&groupMask), 0, fanout, e, n) {
+				changed = true
+			}
+			continue
+		}
+		if depthOf(old) <= n && old != e {
+			f.setEntry(i, e)
+			changed = true
+		}
+	}
+	if changed {
+		f.mark(g)
+	}
+	return changed
+}
+
+// unpaintTop and unpaintNode replace every entry a/n painted with parent.
+func (f *family) unpaintTop(from, count int, n int, parent uint32) {
+	for k := from; k < from+count; k++ {
+		old := f.gtop[k]
+		if old&extBit != 0 {
+			if f.unpaintNode(int(old&groupMask), 0, fanout, n, parent) {
+				f.markTop(k)
+			}
+			continue
+		}
+		if depthOf(old) == n && old != parent {
+			f.setTop(k, parent)
+		}
+	}
+}
+
+func (f *family) unpaintNode(g, from, count int, n int, parent uint32) bool {
+	changed := false
+	base := g * fanout
+	for i := base + from; i < base+from+count; i++ {
+		old := f.gnodes[i]
+		if old&extBit != 0 {
+			if f.unpaintNode(int(old&groupMask), 0, fanout, n, parent) {
+				changed = true
+			}
+			continue
+		}
+		if depthOf(old) == n && old != parent {
+			f.setEntry(i, parent)
+			changed = true
+		}
+	}
+	if changed {
+		f.mark(g)
+	}
+	return changed
+}
+
+// parent returns the entry of the longest prefix shorter than n that
+// covers a (the entry a delete uncovers), or 0 for none.
+func (f *family) parent(a [16]byte, n int) uint32 {
+	for l := n - 1; l >= 0; l-- {
+		if !f.routes.has(l) {
+			continue
+		}
+		m := mask(a, l)
+		if r, ok := f.routes.get(&m, l); ok {
+			return entryOf(r, l)
+		}
+	}
+	return 0
+}
+
+// unpaint removes a/n (a masked) from the mirror: its entries take the
+// parent's, and nodes on its path that become uniform are freed.
+func (f *family) unpaint(a [16]byte, n int) {
+	parent := f.parent(a, n)
+	if n <= f.top {
+		f.unpaintTop(chunk(&a, 0, f.top), 1<<(f.top-n), n, parent)
+		return
+	}
+	// The path: top entry, then the mirror entries pointing at each node.
+	var path [levels6 + 1]int // path[j]: index of the entry pointing at level j's node (top: k)
+	k := chunk(&a, 0, f.top)
+	path[0] = k
+	g := int(f.gtop[k] & groupMask)
+	depth := 1
+	s := f.top
+	for ; n > s+stride; s += stride {
+		i := g*fanout + chunk(&a, s, stride)
+		path[depth] = i
+		depth++
+		g = int(f.gnodes[i] & groupMask)
+	}
+	if !f.unpaintNode(g, chunk(&a, s, stride), 1<<(s+stride-n), n, parent) {
+		return
+	}
+	f.markPath(&a, n)
+	// Free nodes that became uniform, deepest first.
+	for j := depth - 1; j >= 0; j-- {
+		var e uint32
+		if j == 0 {
+			e = f.gtop[path[0]]
+		} else {
+			e = f.gnodes[path[j]]
+		}
+		g := int(e & groupMask)
+		start := f.top + stride*j
+		v, ok := f.uniform(g, start)
+		if !ok {
+			return
+		}
+		if j == 0 {
+			f.setTop(path[0], v)
+		} else {
+			f.setEntry(path[j], v)
+		}
+		f.gdead = append(f.gdead, uint32(g))
+	}
+}
+
+// uniform reports whether every entry of node g holds the same value
+// inherited from above (painted by a prefix no longer than start), so the
+// node can be replaced by that value.
+func (f *family) uniform(g, start int) (uint32, bool) {
+	grp := f.gnodes[g*fanout : (g+1)*fanout]
+	v := grp[0]
+	if v&extBit != 0 || depthOf(v) > start {
+		return 0, false
+	}
+	for _, e := range grp[1:] {
+		if e != v {
+			return 0, false
+		}
+	}
+	return v, true
+}
+
+// check validates a prefix length and a result.
+func (f *family) check(n int, r Result) error {
+	if n < 0 || n > f.bits {
+		return fmt.Errorf("prefix length %d out of range 0-%d", n, f.bits)
+	}
+	if r&^resultMask != 0 {
+		return fmt.Errorf("result %#x has bits outside the result field", uint32(r))
+	}
+	return nil
+}
+
+// insert adds or replaces a/n.
+func (f *family) insert(a [16]byte, n int, r Result) error {
+	if err := f.check(n, r); err != nil {
+		return err
+	}
+	a = mask(a, n)
+	old, had := f.routes.get(&a, n)
+	if had && old == r {
+		return nil
+	}
+	f.paint(a, n, r)
+	f.routes.put(&a, n, r)
+	if err := f.commit(true); err != nil {
+		if had {
+			f.routes.put(&a, n, old)
+		} else {
+			f.routes.del(&a, n)
+		}
+		return err
+	}
+	return nil
+}
+
+// remove deletes a/n.
+func (f *family) remove(a [16]byte, n int) error {
+	if n < 0 || n > f.bits {
+		return fmt.Errorf("prefix length %d out of range 0-%d", n, f.bits)
+	}
+	a = mask(a, n)
+	old, ok := f.routes.get(&a, n)
+	if !ok {
+		return ErrNotFound
+	}
+	f.routes.del(&a, n)
+	f.unpaint(a, n)
+	if err := f.commit(false); err != nil {
+		f.routes.put(&a, n, old)
+		return err
+	}
+	return nil
+}
+
+// commit emits the open change and publishes it. When the arrays are
+// full it waits for a grace period, coalesces free blocks and tries once
+// more; if that fails too, the change is undone: the mirror, the emitted
+// table and the allocators are as they were, and it returns ErrCapacity.
+// A change that adds routes (grow) must also leave room for a later
+// delete's path copy (see reserve).
+func (f *family) commit(grow bool) error {
+	err := f.emitChange(grow)
+	if err != nil {
+		f.unemit()
+		if len(f.na.pending) > 0 || len(f.la.pending) > 0 {
+			if gerr := f.grace(); gerr != nil {
+				f.undo()
+				return fmt.Errorf("wait for fib readers: %w", gerr)
+			}
+			f.na.reclaim()
+			f.la.reclaim()
+		}
+		f.na.coalesce()
+		f.la.coalesce()
+		err = f.emitChange(grow)
+	}
+	if err != nil {
+		f.unemit()
+		f.undo()
+		return err
+	}
+	f.publish()
+	return nil
+}
+
+// reserve is the room a change that adds routes leaves free in an array
+// of size elements: enough for a delete to copy a path of full nodes, at
+// most a quarter of the array.
+func (f *family) reserve(size int) int {
+	levels := levels4
+	if f.bits == 128 {
+		levels = levels6
+	}
+	return min((levels+1)*fanout, size/4)
+}
+
+// emitChange writes every dirty node into fresh blocks, bottom up, and
+// computes the new top entries; nothing is visible to readers yet.
+func (f *family) emitChange(grow bool) error {
+	f.ch.newTop = f.ch.newTop[:0]
+	for _, k := range f.ch.tops {
+		v, err := f.emitTop(int(k))
+		if err != nil {
+			return err
+		}
+		f.ch.newTop = append(f.ch.newTop, v)
+	}
+	if grow {
+		// What this change retires comes back after a grace period.
+		nodes, leaves := f.na.avail(), f.la.avail()
+		for _, x := range f.ch.stale {
+			if x.leaf {
+				leaves += int(x.n)
+			} else {
+				nodes += int(x.n)
+			}
+		}
+		if nodes < f.reserve(f.na.size) || leaves < f.reserve(f.la.size) {
+			return fmt.Errorf("%w: the IPv%d table's %d nodes and %d leaves are nearly all in use (room is kept for deletes)", ErrCapacity, f.version(), f.na.size, f.la.size)
+		}
+	}
+	return nil
+}
+
+func (f *family) emitTop(k int) (uint32, error) {
+	e := f.gtop[k]
+	if e&extBit == 0 {
+		return e & resultMask, nil
+	}
+	g := int(e & groupMask)
+	if f.gmeta[g].dirty {
+		if err := f.emit(g); err != nil {
+			return 0, err
+		}
+	}
+	m := &f.gmeta[g]
+	if m.isLeaf {
+		return m.leaf, nil
+	}
+	if b := f.btop[k]; b&nodeFlag != 0 && f.nodes[b&^nodeFlag] == m.out {
+		return b, nil
+	}
+	at, err := f.alloc(false, 1)
+	if err != nil {
+		return 0, err
+	}
+	f.nodes[at] = m.out
+	return nodeFlag | at, nil
+}
+
+func (f *family) alloc(leaf bool, n int) (uint32, error) {
+	b, what := &f.na, "nodes"
+	if leaf {
+		b, what = &f.la, "leaves"
+	}
+	at, ok := b.alloc(n)
+	if !ok {
+		return 0, fmt.Errorf("%w: the IPv%d table's %d %s are in use", ErrCapacity, f.version(), b.size, what)
+	}
+	f.ch.fresh = append(f.ch.fresh, blk{at, uint8(n), leaf})
+	return at, nil
+}
+
+func (f *family) version() int {
+	if f.bits == 32 {
+		return 4
+	}
+	return 6
+}
+
+// emit compresses dirty mirror node g (and its dirty children first).
+func (f *family) emit(g int) error {
+	var leaves [fanout]uint32
+	var kids [fanout]node
+	var vec, lvec uint64
+	nl, nc := 0, 0
+	var last uint32
+	for v := range fanout {
+		e := f.gnodes[g*fanout+v]
+		r := e & resultMask
+		if e&extBit != 0 {
+			c := int(e & groupMask)
+			if f.gmeta[c].dirty {
+				if err := f.emit(c); err != nil {
+					return err
+				}
+			}
+			m := &f.gmeta[c]
+			if !m.isLeaf {
+				vec |= 1 << v
+				kids[nc] = m.out
+				nc++
+				continue
+			}
+			r = m.leaf
+		}
+		if nl == 0 || r != last {
+			lvec |= 1 << v
+			leaves[nl] = r
+			nl++
+			last = r
+		}
+	}
+	old := f.gmeta[g]
+	f.ch.metas = append(f.ch.metas, metaSave{uint32(g), old})
+	m := gmeta{}
+	if vec == 0 && nl == 1 {
+		m.isLeaf, m.leaf = true, leaves[0]
+	} else {
+		m.out = node{vector: vec, leafvec: lvec}
+		m.nl, m.nc = uint8(nl), uint8(nc)
+		if nl > 0 {
+			if !old.isLeaf && int(old.nl) == nl && slices.Equal(f.leaves[old.out.base0:][:nl], leaves[:nl]) {
+				m.out.base0 = old.out.base0
+			} else {
+				at, err := f.alloc(true, nl)
+				if err != nil {
+					return err
+				}
+				copy(f.leaves[at:], leaves[:nl])
+				m.out.base0 = at
+			}
+		}
+		if nc > 0 {
+			if !old.isLeaf && int(old.nc) == nc && slices.Equal(f.nodes[old.out.base1:][:nc], kids[:nc]) {
+				m.out.base1 = old.out.base1
+			} else {
+				at, err := f.alloc(false, nc)
+				if err != nil {
+					return err
+				}
+				copy(f.nodes[at:], kids[:nc])
+				m.out.base1 = at
+			}
+		}
+	}
+	if !old.isLeaf {
+		if old.nl > 0 && (m.nl == 0 || m.out.base0 != old.out.base0) {
+			f.ch.stale = append(f.ch.stale, blk{old.out.base0, old.nl, true})
+		}
+		if old.nc > 0 && (m.nc == 0 || m.out.base1 != old.out.base1) {
+			f.ch.stale = append(f.ch.stale, blk{old.out.base1, old.nc, false})
+		}
+	}
+	f.gmeta[g] = m
+	return nil
+}
+
+// unemit takes back an emission that was not published: fresh blocks are
+// free again and metas as they were (still dirty).
+func (f *family) unemit() {
+	for _, x := range f.ch.fresh {
+		if x.leaf {
+			f.la.release(x.at, int(x.n))
+		} else {
+			f.na.release(x.at, int(x.n))
+		}
+	}
+	for i := len(f.ch.metas) - 1; i >= 0; i-- {
+		s := f.ch.metas[i]
+		f.gmeta[s.g] = s.old
+	}
+	f.ch.fresh, f.ch.metas, f.ch.stale = f.ch.fresh[:0], f.ch.metas[:0], f.ch.stale[:0]
+}
+
+// undo puts the mirror back as it was before the open change.
+func (f *family) undo() {
+	if !f.ch.log {
+		f.resetMirror()
+		return
+	}
+	for i := len(f.ch.writes) - 1; i >= 0; i-- {
+		w := f.ch.writes[i]
+		if w.top {
+			f.gtop[w.i] = w.old
+		} else {
+			f.gnodes[w.i] = w.old
+		}
+	}
+	for _, g := range f.ch.allocs {
+		f.gmeta[g] = gmeta{}
+		f.gfree = append(f.gfree, g)
+		f.gused--
+	}
+	f.gdead = f.gdead[:0]
+	f.endChange()
+}
+
+// publish makes the emitted change visible: one store per top entry.
+// Then the blocks it replaced and the mirror nodes it freed are retired.
+func (f *family) publish() {
+	for j, k := range f.ch.tops {
+		v, old := f.ch.newTop[j], f.btop[k]
+		if v == old {
+			continue
+		}
+		atomic.StoreUint32(&f.btop[k], v)
+		if old&nodeFlag != 0 {
+			f.ch.stale = append(f.ch.stale, blk{old &^ nodeFlag, 1, false})
+		}
+	}
+	for _, g := range f.gdead {
+		m := f.gmeta[g]
+		if !m.isLeaf {
+			if m.nl > 0 {
+				f.ch.stale = append(f.ch.stale, blk{m.out.base0, m.nl, true})
+			}
+			if m.nc > 0 {
+				f.ch.stale = append(f.ch.stale, blk{m.out.base1, m.nc, false})
+			}
+		}
+		f.gmeta[g] = gmeta{}
+		f.gfree = append(f.gfree, g)
+		f.gused--
+	}
+	f.gdead = f.gdead[:0]
+	for _, x := range f.ch.stale {
+		if x.leaf {
+			f.la.retire(x)
+		} else {
+			f.na.retire(x)
+		}
+	}
+	f.ch.fresh, f.ch.metas, f.ch.stale = f.ch.fresh[:0], f.ch.metas[:0], f.ch.stale[:0]
+	f.endChange()
+}
+
+// endChange clears the dirty marks and logs of the open change.
+func (f *family) endChange() {
+	for _, g := range f.ch.marked {
+		f.gmeta[g].dirty = false
+	}
+	for _, k := range f.ch.tops {
+		f.ch.topDirty[k] = false
+	}
+	f.ch.writes, f.ch.allocs, f.ch.marked, f.ch.tops = f.ch.writes[:0], f.ch.allocs[:0], f.ch.marked[:0], f.ch.tops[:0]
+	f.ch.log = true
+}
+
+// resetMirror empties the mirror and the allocators when a load into an
+// empty family is refused (nothing of it was published).
+func (f *family) resetMirror() {
+	clear(f.gtop)
+	f.gnodes, f.gmeta, f.gfree, f.gdead, f.gused = f.gnodes[:0], f.gmeta[:0], f.gfree[:0], f.gdead[:0], 0
+	f.na.reset()
+	f.la.reset()
+	f.routes.clear()
+	f.ch.marked = f.ch.marked[:0] // their metas are gone
+	f.endChange()
+}
+
+// empty reports whether the family holds nothing at all.
+func (f *family) empty() bool {
+	return f.routes.n == 0 && f.gused == 0 && f.na.used == 0 && f.la.used == 0
+}
+
+// lookup4 returns the result for an IPv4 address in host order.
+func (f *family) lookup4(a uint32) Result {
+	e := atomic.LoadUint32(&f.btop[a>>(32-top4)])
+	if e&nodeFlag == 0 {
+		return Result(e)
+	}
+	x := uint64(a) << (32 + top4)
+	i := e &^ nodeFlag
+	for range levels4 {
+		n := &f.nodes[i]
+		v := x >> (64 - stride)
+		x <<= stride
+		bit := uint64(1) << v
+		m := bit | (bit - 1)
+		if n.vector&bit != 0 {
+			i = n.base1 + uint32(bits.OnesCount64(n.vector&m)) - 1
+			continue
+		}
+		return Result(f.leaves[n.base0+uint32(bits.OnesCount64(n.leafvec&m))-1])
+	}
+	return 0
+}
+
+// lookup6 returns the result for an IPv6 address.
+func (f *family) lookup6(a *[16]byte) Result {
+	hi, lo := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
+	e := atomic.LoadUint32(&f.btop[hi>>(64-top6)])
+	if e&nodeFlag == 0 {
+		return Result(e)
+	}
+	hi, lo = hi<<top6|lo>>(64-top6), lo<<top6
+	i := e &^ nodeFlag
+	for range levels6 {
+		n := &f.nodes[i]
+		v := hi >> (64 - stride)
+		hi, lo = hi<<stride|lo>>(64-stride), lo<<stride
+		bit := uint64(1) << v
+		m := bit | (bit - 1)
+		if n.vector&bit != 0 {
+			i = n.base1 + uint32(bits.OnesCount64(n.vector&m)) - 1
+			continue
+		}
+		return Result(f.leaves[n.base0+uint32(bits.OnesCount64(n.leafvec&m))-1])
+	}
+	return 0
+}
+
+// lookup returns the result for an address of the family (IPv4 in the
+// first four bytes).
+func (f *family) lookup(a *[16]byte) Result {
+	if f.bits == 32 {
+		return f.lookup4(binary.BigEndian.Uint32(a[:4]))
+	}
+	return f.lookup6(a)
+}
+
+// clear empties the family: the top level first, then after a grace
+// period everything else.
+func (f *family) clear() error {
+	for k := range f.btop {
+		if f.btop[k] != 0 {
+			atomic.StoreUint32(&f.btop[k], 0)
+		}
+	}
+	if err := f.grace(); err != nil {
+		return fmt.Errorf("wait for fib readers: %w", err)
+	}
+	f.resetMirror()
+	return nil
+}
+
+// tableBytes is the memory lookups touch: the top level and the nodes
+// and leaves in use.
+func (f *family) tableBytes() int {
+	return len(f.btop)*4 + f.na.used*int(unsafe.Sizeof(node{})) + f.la.used*4
+}
+
+// reopen recovers a family from reopened maps that a previous process
+// emitted. The emitted table keeps results, not the prefixes that painted
+// them, so it recovers for every run of positions with one result the
+// aligned prefixes that cover it: they forward exactly as the table does.
+// It paints them into the mirror, emits them into free blocks, publishes
+// (readers see the same answers) and retires the old blocks. The arrays
+// need room for the table twice.
+func (f *family) reopen() error {
+	nodeUsed := make([]bool, len(f.nodes))
+	leafUsed := make([]bool, len(f.leaves))
+	var old []blk
+	mark := func(used []bool, at uint32, n int, leaf bool) error {
+		if n == 0 {
+			return nil
+		}
+		if int(at)+n > len(used) {
+			return fmt.Errorf("IPv%d block %d+%d beyond the array's %d entries: the pins are not this version's (remove the directory)", f.version(), at, n, len(used))
+		}
+		for i := int(at); i < int(at)+n; i++ {
+			if used[i] {
+				return fmt.Errorf("IPv%d entry %d in two blocks: the pins are corrupt (remove the directory)", f.version(), i)
+			}
+			used[i] = true
+		}
+		old = append(old, blk{at, uint8(n), leaf})
+		return nil
+	}
+	type found struct {
+		a [16]byte
+		n int
+		r Result
+	}
+	var routes []found
+	// cover adds the prefixes of every aligned run of positions
+	// [lo, lo+size) of one result (child positions hold nodeFlag).
+	var cover func(vals []uint32, lo, size int, a [16]byte, off, width int)
+	cover = func(vals []uint32, lo, size int, a [16]byte, off, width int) {
+		r := vals[lo]
+		same := r&nodeFlag == 0
+		for i := lo + 1; same && i < lo+size; i++ {
+			same = vals[i] == r
+		}
+		if !same {
+			if size > 1 {
+				cover(vals, lo, size/2, a, off, width)
+				cover(vals, lo+size/2, size/2, a, off, width)
+			}
+			return
+		}
+		n := off + width - bits.Len(uint(size)) + 1
+		if r == 0 || n > f.bits {
+			return // no route, or positions past the address
+		}
+		setChunk(&a, off, width, lo)
+		routes = append(routes, found{mask(a, n), n, Result(r)})
+	}
+	var walk func(i uint32, a [16]byte, off int) error
+	walk = func(i uint32, a [16]byte, off int) error {
+		if off >= f.bits {
+			return fmt.Errorf("IPv%d nodes deeper than the address: the pins are corrupt (remove the directory)", f.version())
+		}
+		nd := f.nodes[i]
+		nc, nl := bits.OnesCount64(nd.vector), bits.OnesCount64(nd.leafvec)
+		if err := mark(nodeUsed, nd.base1, nc, false); err != nil {
+			return err
+		}
+		if err := mark(leafUsed, nd.base0, nl, true); err != nil {
+			return err
+		}
+		var vals [fanout]uint32
+		for v := range fanout {
+			bit := uint64(1) << v
+			m := bit | (bit - 1)
+			if nd.vector&bit != 0 {
+				c := nd.base1 + uint32(bits.OnesCount64(nd.vector&m)) - 1
+				b := a
+				setChunk(&b, off, stride, v)
+				if err := walk(c, b, off+stride); err != nil {
+					return err
+				}
+				vals[v] = nodeFlag
+				continue
+			}
+			if nd.leafvec&m == 0 {
+				return fmt.Errorf("IPv%d node without a leaf at position %d: the pins are corrupt (remove the directory)", f.version(), v)
+			}
+			vals[v] = f.leaves[nd.base0+uint32(bits.OnesCount64(nd.leafvec&m))-1] & resultMask
+		}
+		cover(vals[:], 0, fanout, a, off, stride)
+		return nil
+	}
+	vals := make([]uint32, len(f.btop))
+	for k, e := range f.btop {
+		vals[k] = e
+		if e&nodeFlag == 0 {
+			vals[k] = e & resultMask
+			continue
+		}
+		at := e &^ nodeFlag
+		if int(at) >= len(f.nodes) || nodeUsed[at] {
+			return fmt.Errorf("IPv%d top entry %d points at node %d: the pins are corrupt (remove the directory)", f.version(), k, at)
+		}
+		nodeUsed[at] = true // retired by publish when the entry changes
+		var a [16]byte
+		setChunk(&a, 0, f.top, k)
+		if err := walk(at, a, f.top); err != nil {
+			return err
+		}
+	}
+	cover(vals, 0, len(vals), [16]byte{}, 0, f.top)
+
+	// The allocators: everything used is taken, the gaps are free.
+	for _, x := range []struct {
+		b    *blocks
+		used []bool
+	}{{&f.na, nodeUsed}, {&f.la, leafUsed}} {
+		x.b.reset()
+		for i, u := range x.used {
+			if u {
+				x.b.used++
+				x.b.next = i + 1
+				x.b.taken[i/64] |= 1 << (i % 64)
+			}
+		}
+		for i := 0; i < x.b.next; {
+			if x.used[i] {
+				i++
+				continue
+			}
+			n := 0
+			for i+n < x.b.next && !x.used[i+n] && n < fanout {
+				n++
+			}
+			x.b.free[n] = append(x.b.free[n], uint32(i))
+			i += n
+		}
+	}
+	f.ch.log = false
+	for _, r := range routes {
+		f.routes.put(&r.a, r.n, r.r)
+		f.paint(r.a, r.n, r.r)
+	}
+	if err := f.commit(false); err != nil {
+		return fmt.Errorf("emit the recovered IPv%d table beside the pinned one: %w", f.version(), err)
+	}
+	for _, x := range old {
+		if x.leaf {
+			f.la.retire(x)
+		} else {
+			f.na.retire(x)
+		}
+	}
+	return nil
+}
+
+// setChunk sets the w bits of a starting at bit off to v.
+func setChunk(a *[16]byte, off, w, v int) {
+	for i := range w {
+		b := off + i
+		if b >= 128 {
+			return
+		}
+		if v>>(w-1-i)&1 == 1 {
+			a[b/8] |= 0x80 >> (b % 8)
+		} else {
+			a[b/8] &^= 0x80 >> (b % 8)
+		}
+	}
+}
