@@ -12,7 +12,6 @@ var ErrCapacity = errors.New("fib capacity exhausted")
 // ErrNotFound means a deleted prefix was not in the table.
 var ErrNotFound = errors.New("prefix not in fib")
 
-
 // routeSet is one family's routes: a map per prefix length keyed by the
 // masked address in compact form (a uint32 for IPv4), so a full table's
 // maps stay small and cache-friendly.
