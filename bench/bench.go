@@ -46,6 +46,9 @@ type Scenario struct {
 	// tune lays the router's queues onto CPUs for the trial (kernel
 	// scenarios) and restores them afterwards.
 	tune tuning
+	// gen, when set, sends this scenario's frames instead of the run's
+	// generator (the "-hot" twins of Options.Hot).
+	gen *gen.Generator
 }
 
 func source(s xdp.Source) *xdp.Source { return &s }
@@ -110,6 +113,11 @@ type Options struct {
 	// one /24 or /120). A wide one, like 128.0.0.0/2 with full routes,
 	// spreads lookups across the table.
 	Dst netip.Prefix
+	// Hot runs every scenario twice, interleaved: as asked, and as
+	// "NAME-hot" with the generator's default destinations (the lab's own
+	// /24 or /120), whose lookups stay in cache. With Routes "full" and a
+	// wide Dst, the ratio is what spreading lookups over the table costs.
+	Hot bool
 	// Lab to use; nil brings up a private one and removes it afterwards.
 	Lab *lab.Lab
 }
@@ -248,6 +256,7 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 		defer l.Down()
 	}
 	src, dst := gen.DefaultPrefixes(o.Family)
+	hotDst := dst
 	if o.Dst.IsValid() {
 		dst = o.Dst
 	}
@@ -264,6 +273,21 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 		return nil, err
 	}
 	defer g.Close()
+	if o.Hot {
+		hot, err := gen.New(gen.Config{
+			Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: hotDst, Size: o.Size,
+			Rate: o.Rate, Duration: o.Duration, CPUs: o.GenCPUs,
+		})
+		if err != nil {
+			return nil, err
+		}
+		defer hot.Close()
+		for _, s := range scen[:len(scen):len(scen)] {
+			s.Name, s.gen = s.Name+"-hot", hot
+			s.Description += fmt.Sprintf(" (destinations in %s: lookups stay in cache)", hotDst)
+			scen = append(scen, s)
+		}
+	}
 
 	rep := &Report{
 		Started: time.Now().UTC(), Kernel: kernelRelease(), CPUModel: cpuModel(), CPUs: runtime.NumCPU(),
@@ -316,6 +340,9 @@ func rounds(ctx context.Context, scen []Scenario, l *lab.Lab, rt *router, g *gen
 // runTrial attaches a scenario's sink (and program), sends once, and
 // detaches.
 func runTrial(ctx context.Context, s Scenario, l *lab.Lab, rt *router, g *gen.Generator) (_ Trial, err error) {
+	if s.gen != nil {
+		g = s.gen
+	}
 	var sk *sink.Sink
 	if s.wire {
 		var ifs []string

@@ -287,13 +287,12 @@ func (r *Reader) Lookup4(a uint32) Result { return r.t.v4.lookup4(a) }
 func (r *Reader) Lookup6(a *[16]byte) Result { return r.t.v6.lookup6(a) }
 
 // LookupBatch4 looks up every address of dst into out (which must be at
-// least as long), in one read section.
+// least as long), in one read section. It goes level by level over 64
+// addresses at a time, so the cache misses of different addresses
+// overlap instead of forming one chain per address.
 func (r *Reader) LookupBatch4(dst []uint32, out []Result) {
 	r.Begin()
-	out = out[:len(dst)]
-	for i, a := range dst {
-		out[i] = r.t.v4.lookup4(a)
-	}
+	r.t.v4.lookupBatch4(dst, out[:len(dst)])
 	r.End()
 }
 
@@ -301,10 +300,7 @@ func (r *Reader) LookupBatch4(dst []uint32, out []Result) {
 // section.
 func (r *Reader) LookupBatch6(dst [][16]byte, out []Result) {
 	r.Begin()
-	out = out[:len(dst)]
-	for i := range dst {
-		out[i] = r.t.v6.lookup6(&dst[i])
-	}
+	r.t.v6.lookupBatch6(dst, out[:len(dst)])
 	r.End()
 }
 

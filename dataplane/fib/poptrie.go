@@ -1149,3 +1149,82 @@ func setChunk(a *[16]byte, off, w, v int) {
 		}
 	}
 }
+
+// batch is how many addresses a batch lookup resolves level by level.
+const batch = 64
+
+// lookupBatch4 resolves IPv4 addresses level by level, batch at a time,
+// so the cache misses of different addresses overlap instead of each
+// address waiting for its own.
+func (f *family) lookupBatch4(dst []uint32, out []Result) {
+	for len(dst) > 0 {
+		n := min(len(dst), batch)
+		var x [batch]uint64
+		more := false
+		for i, a := range dst[:n] {
+			e := atomic.LoadUint32(&f.btop[a>>(32-top4)])
+			out[i] = Result(e)
+			x[i] = uint64(a) << (32 + top4)
+			more = more || e&nodeFlag != 0
+		}
+		for l := 0; more && l < levels4; l++ {
+			more = false
+			for i := range n {
+				e := uint32(out[i])
+				if e&nodeFlag == 0 {
+					continue
+				}
+				out[i] = f.step(e&^nodeFlag, x[i]>>(64-stride))
+				x[i] <<= stride
+				more = more || uint32(out[i])&nodeFlag != 0
+			}
+		}
+		dst, out = dst[n:], out[n:]
+	}
+}
+
+// lookupBatch6 is lookupBatch4 for IPv6.
+func (f *family) lookupBatch6(dst [][16]byte, out []Result) {
+	for len(dst) > 0 {
+		n := min(len(dst), batch)
+		var hi, lo [batch]uint64
+		more := false
+		for i := range n {
+			h, l := binary.BigEndian.Uint64(dst[i][:8]), binary.BigEndian.Uint64(dst[i][8:])
+			e := atomic.LoadUint32(&f.btop[h>>(64-top6)])
+			out[i] = Result(e)
+			hi[i], lo[i] = h<<top6|l>>(64-top6), l<<top6
+			more = more || e&nodeFlag != 0
+		}
+		for l := 0; more && l < levels6; l++ {
+			more = false
+			for i := range n {
+				e := uint32(out[i])
+				if e&nodeFlag == 0 {
+					continue
+				}
+				out[i] = f.step(e&^nodeFlag, hi[i]>>(64-stride))
+				hi[i], lo[i] = hi[i]<<stride|lo[i]>>(64-stride), lo[i]<<stride
+				more = more || uint32(out[i])&nodeFlag != 0
+			}
+		}
+		for i := range n {
+			if uint32(out[i])&nodeFlag != 0 {
+				out[i] = 0 // deeper than the address: cannot happen
+			}
+		}
+		dst, out = dst[n:], out[n:]
+	}
+}
+
+// step resolves position v of node i: a child as nodeFlag|index, or the
+// leaf's result.
+func (f *family) step(i uint32, v uint64) Result {
+	n := &f.nodes[i]
+	bit := uint64(1) << v
+	m := bit | (bit - 1)
+	if n.vector&bit != 0 {
+		return Result(nodeFlag | (n.base1 + uint32(bits.OnesCount64(n.vector&m)) - 1))
+	}
+	return Result(f.leaves[n.base0+uint32(bits.OnesCount64(n.leafvec&m))-1])
+}
