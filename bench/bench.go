@@ -109,6 +109,10 @@ type Options struct {
 	// default route so any destination is routed.
 	Routes         string
 	FullV4, FullV6 int
+	// FullNexthops is how many nexthop IDs (all via the gateway) the full
+	// table's prefixes take in turn (default DefaultFullNexthops; 1 is
+	// what a router with one upstream has).
+	FullNexthops int
 	// Dst is the destinations' prefix (default: the generator's, inside
 	// one /24 or /120). A wide one, like 128.0.0.0/2 with full routes,
 	// spreads lookups across the table.

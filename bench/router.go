@@ -39,24 +39,30 @@ type router struct {
 // gatewayNexthop is the FIB's nexthop for the lab's gateway.
 const gatewayNexthop = 1
 
-// fullNexthops is how many nexthop IDs a full table's prefixes are spread
-// over, round robin: all lead to the gateway, but neighbouring prefixes
-// have different results, so the FIB cannot merge their leaves (its worst
-// case; a real router's prefixes cluster on a few upstreams).
-const fullNexthops = 8
+// DefaultFullNexthops is how many nexthop IDs a full table's prefixes
+// are spread over, round robin, unless Options.FullNexthops says: all lead
+// to the gateway, but neighbouring prefixes have different results, so
+// the FIB cannot merge their leaves (its worst case; a real router's
+// prefixes cluster on a few upstreams, closer to 1).
+const DefaultFullNexthops = 8
 
 func newRouter(ctx context.Context, l *lab.Lab, o Options, progress func(string)) (*router, error) {
 	r := &router{l: l, full: o.Routes == "full"}
 	cfg := fib.Config{Nodes4: 16384, Leaves4: 32768, Nodes6: 16384, Leaves6: 32768, Nexthops: 16, ECMPGroups: 4}
+	nhs := uint32(o.FullNexthops)
+	if nhs == 0 {
+		nhs = DefaultFullNexthops
+	}
 	if r.full {
-		cfg = fib.Config{Nexthops: 16, ECMPGroups: 4} // the defaults hold a full table
+		// The defaults hold a full table.
+		cfg = fib.Config{Nexthops: int(max(16, nhs+gatewayNexthop)), ECMPGroups: 4}
 	}
 	var err error
 	if r.table, err = fib.New(cfg); err != nil {
 		return nil, err
 	}
 	nh := fib.Nexthop{Ifindex: l.Egress.A.Index, SrcMAC: l.Egress.A.MAC, DstMAC: l.Egress.B.MAC, MTU: l.MTU, State: fib.Resolved}
-	for id := range uint32(fullNexthops) {
+	for id := range nhs {
 		if err := r.table.SetNexthop(gatewayNexthop+id, nh); err != nil {
 			r.close()
 			return nil, err
@@ -80,7 +86,7 @@ func newRouter(ctx context.Context, l *lab.Lab, o Options, progress func(string)
 	defaults := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
 	all := append(append(append([]netip.Prefix{}, defaults...), tb.V4...), tb.V6...)
 	for i, p := range all {
-		routes = append(routes, fib.Route{Prefix: p, Result: fib.MakeResult(fib.RouteNexthop, gatewayNexthop+uint32(i%fullNexthops))})
+		routes = append(routes, fib.Route{Prefix: p, Result: fib.MakeResult(fib.RouteNexthop, gatewayNexthop+uint32(i)%nhs)})
 	}
 	t0 := time.Now()
 	if err := r.table.Load(routes); err != nil {
@@ -91,7 +97,7 @@ func newRouter(ctx context.Context, l *lab.Lab, o Options, progress func(string)
 	if progress != nil {
 		st := r.table.Stats()
 		progress(fmt.Sprintf("full table: %d IPv4 + %d IPv6 prefixes (%s) over %d nexthop IDs loaded into the FIB in %v (%.1f MiB); installing them into the kernel",
-			r.n4, r.n6, r.source, fullNexthops, r.load.Round(time.Millisecond), float64(st.TableBytes)/(1<<20)))
+			r.n4, r.n6, r.source, nhs, r.load.Round(time.Millisecond), float64(st.TableBytes)/(1<<20)))
 	}
 	t0 = time.Now()
 	if err := r.installKernel(ctx, all); err != nil {

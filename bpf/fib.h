@@ -8,7 +8,9 @@
  * it is the result. At a node, position v (the next 6 bits) is a child if
  * bit v of vector is set: nodes[base1 + popcount(vector & mask(v)) - 1];
  * otherwise a leaf: leaves[base0 + popcount(leafvec & mask(v)) - 1],
- * where mask(v) keeps bits 0 to v. Results are 32-bit words: bits 20-22
+ * where mask(v) keeps bits 0 to v. A top entry with FIB_LEAFNODE set points
+ * at a node without children stored in the leaves: two words of leafvec
+ * (low, high), then its leaves. Results are 32-bit words: bits 20-22
  * route type, bits 0-19 index.
  */
 #ifndef XDPROUTER_FIB_H
@@ -18,6 +20,7 @@
 #include <bpf/bpf_helpers.h>
 
 #define FIB_NODE (1u << 31)
+#define FIB_LEAFNODE (1u << 30)
 #define FIB_RESULT_MASK ((1u << 23) - 1)
 #define FIB_TYPE_SHIFT 20
 #define FIB_INDEX_MASK ((1u << 20) - 1)
@@ -155,15 +158,25 @@ static __always_inline int fib_step(void *nodes, void *leaves, __u32 *i, __u32 v
 	return 0;
 }
 
+/* fib_leafnode returns the leaf at position v of the leaf node at word at. */
+static __always_inline __u32 fib_leafnode(void *leaves, __u32 at, __u32 v)
+{
+	__u64 lv = (__u64)fib_word(leaves, at) | (__u64)fib_word(leaves, at + 1) << 32;
+	__u64 bit = 1ULL << (v & 63);
+	return fib_word(leaves, at + 1 + __builtin_popcountll(lv & (bit | (bit - 1))));
+}
+
 /* fib_lookup4 returns the result (type << 20 | index) for an IPv4
  * address in host byte order. */
 static __always_inline __u32 fib_lookup4(__u32 a)
 {
 	__u32 e = fib_word(&fib4_top, a >> (32 - FIB_TOP4));
-	if (!(e & FIB_NODE))
+	if (!(e & (FIB_NODE | FIB_LEAFNODE)))
 		return e & FIB_RESULT_MASK;
-	__u32 i = e & ~FIB_NODE, res = 0;
 	__u64 x = (__u64)a << (32 + FIB_TOP4);
+	if (e & FIB_LEAFNODE)
+		return fib_leafnode(&fib4_leaves, e & ~FIB_LEAFNODE, x >> (64 - FIB_STRIDE)) & FIB_RESULT_MASK;
+	__u32 i = e & ~FIB_NODE, res = 0;
 	for (int l = 0; l < FIB_LEVELS4; l++) {
 		if (!fib_step(&fib4_nodes, &fib4_leaves, &i, x >> (64 - FIB_STRIDE), &res))
 			return res & FIB_RESULT_MASK;
@@ -182,11 +195,13 @@ static __always_inline __u32 fib_lookup6(const __u8 *a)
 		lo = lo << 8 | a[8 + k];
 	}
 	__u32 e = fib_word(&fib6_top, hi >> (64 - FIB_TOP6));
-	if (!(e & FIB_NODE))
+	if (!(e & (FIB_NODE | FIB_LEAFNODE)))
 		return e & FIB_RESULT_MASK;
-	__u32 i = e & ~FIB_NODE, res = 0;
 	hi = hi << FIB_TOP6 | lo >> (64 - FIB_TOP6);
 	lo <<= FIB_TOP6;
+	if (e & FIB_LEAFNODE)
+		return fib_leafnode(&fib6_leaves, e & ~FIB_LEAFNODE, hi >> (64 - FIB_STRIDE)) & FIB_RESULT_MASK;
+	__u32 i = e & ~FIB_NODE, res = 0;
 	for (int l = 0; l < FIB_LEVELS6; l++) {
 		if (!fib_step(&fib6_nodes, &fib6_leaves, &i, hi >> (64 - FIB_STRIDE), &res))
 			return res & FIB_RESULT_MASK;

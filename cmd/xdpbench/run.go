@@ -38,6 +38,7 @@ func (b *benchFlags) register(cmd *cobra.Command, trial time.Duration) {
 	f.StringVar(&b.opts.Routes, "routes", "1", "1 (the lab's route) or full (the full table in the kernel and the FIB, plus default routes)")
 	f.IntVar(&b.opts.FullV4, "full-v4", 0, "with --routes full: scale the IPv4 table up to this many prefixes (e.g. 1040000)")
 	f.IntVar(&b.opts.FullV6, "full-v6", 0, "with --routes full: scale the IPv6 table up to this many prefixes (e.g. 220000)")
+	f.IntVar(&b.opts.FullNexthops, "full-nexthops", bench.DefaultFullNexthops, "with --routes full: nexthop IDs (all via the gateway) the prefixes take in turn; 1 lets the FIB merge neighbours that forward alike, more is its worst case")
 	f.BoolVar(&b.opts.Hot, "hot", false, "also run every scenario as NAME-hot, interleaved, with destinations in the lab's own /24 or /120 (lookups stay in cache): with --routes full and a wide --dst, the ratio is what the spread costs")
 	f.StringVar(&b.dst, "dst", "", "destination prefix (default 198.19.0.0/24 or 2001:2:0:ff00::/120; with --routes full, e.g. 128.0.0.0/2 spreads lookups across the table)")
 }

@@ -21,12 +21,21 @@ import (
 // where mask(v) keeps bits 0..v. A run of positions with the same result
 // is one leaf, and a subtree that resolves to one result everywhere is a
 // leaf of its parent, so a full Internet table fits in a few MiB.
+//
+// A top entry whose node has no children points instead at a leaf node
+// in the leaves array: two words of leafvec, then the leaves. That saves
+// a dependent read for most IPv4 lookups (prefixes longer than the first
+// node level are rare).
 const (
 	stride = 6
 	fanout = 1 << stride
 	// nodeFlag marks an emitted top entry that points at a node; without
 	// it the entry is a result.
 	nodeFlag = 1 << 31
+	// leafFlag marks an emitted top entry that points at a leaf node.
+	leafFlag = 1 << 30
+	// maxBlock is the largest block: a leaf node of fanout leaves.
+	maxBlock = fanout + 2
 	// Bits resolved by the top level of each family.
 	top4 = 18
 	top6 = 16
@@ -82,8 +91,29 @@ type gmeta struct {
 	out    node   // the emitted node, unless isLeaf
 	leaf   uint32 // the result the whole subtree resolves to, if isLeaf
 	isLeaf bool
-	dirty  bool  // changed since it was emitted
-	nl, nc uint8 // leaves and children blocks of out (0: none)
+	// leafNode: emitted as a leaf node at out.base0 (out.leafvec, nl
+	// leaves, no children), for a top entry.
+	leafNode bool
+	dirty    bool  // changed since it was emitted
+	nl, nc   uint8 // leaves and children blocks of out (0: none)
+}
+
+// blocks returns the blocks an emitted node holds.
+func (m *gmeta) blocks() []blk {
+	var bs []blk
+	switch {
+	case m.isLeaf:
+	case m.leafNode:
+		bs = append(bs, blk{m.out.base0, m.nl + 2, true})
+	default:
+		if m.nl > 0 {
+			bs = append(bs, blk{m.out.base0, m.nl, true})
+		}
+		if m.nc > 0 {
+			bs = append(bs, blk{m.out.base1, m.nc, false})
+		}
+	}
+	return bs
 }
 
 // change is the bookkeeping of one open change: enough to commit it or
@@ -126,7 +156,7 @@ type blk struct {
 type blocks struct {
 	size    int // elements in the array
 	next    int // elements never allocated start here
-	free    [fanout + 1][]uint32
+	free    [maxBlock + 1][]uint32
 	pending []blk
 	used    int      // elements in live blocks
 	taken   []uint64 // bit per element: live or pending
@@ -160,7 +190,7 @@ func (b *blocks) find(n int) (uint32, bool) {
 		b.next += n
 		return uint32(b.next - n), true
 	}
-	for s := n + 1; s <= fanout; s++ {
+	for s := n + 1; s <= maxBlock; s++ {
 		if l := b.free[s]; len(l) > 0 {
 			at := l[len(l)-1]
 			b.free[s] = l[:len(l)-1]
@@ -197,7 +227,7 @@ func (b *blocks) reclaim() {
 // blocks become one, cut into blocks of fanout, and a free tail goes back
 // to the bump pointer.
 func (b *blocks) coalesce() {
-	b.free = [fanout + 1][]uint32{}
+	b.free = [maxBlock + 1][]uint32{}
 	next := 0
 	for i := 0; i < b.next; {
 		if b.taken[i/64]&(1<<(i%64)) != 0 {
@@ -210,8 +240,8 @@ func (b *blocks) coalesce() {
 			j++
 		}
 		if j < b.next {
-			for k := i; k < j; k += fanout {
-				b.free[min(fanout, j-k)] = append(b.free[min(fanout, j-k)], uint32(k))
+			for k := i; k < j; k += maxBlock {
+				b.free[min(maxBlock, j-k)] = append(b.free[min(maxBlock, j-k)], uint32(k))
 			}
 		}
 		i = j
@@ -223,7 +253,7 @@ func (b *blocks) coalesce() {
 func (b *blocks) avail() int { return b.size - b.used }
 
 func (b *blocks) reset() {
-	b.next, b.used, b.free, b.pending = 0, 0, [fanout + 1][]uint32{}, b.pending[:0]
+	b.next, b.used, b.free, b.pending = 0, 0, [maxBlock + 1][]uint32{}, b.pending[:0]
 	clear(b.taken)
 }
 
@@ -678,13 +708,16 @@ func (f *family) emitTop(k int) (uint32, error) {
 	}
 	g := int(e & groupMask)
 	if f.gmeta[g].dirty {
-		if err := f.emit(g); err != nil {
+		if err := f.emit(g, true); err != nil {
 			return 0, err
 		}
 	}
 	m := &f.gmeta[g]
 	if m.isLeaf {
 		return m.leaf, nil
+	}
+	if m.leafNode {
+		return leafFlag | m.out.base0, nil
 	}
 	if b := f.btop[k]; b&nodeFlag != 0 && f.nodes[b&^nodeFlag] == m.out {
 		return b, nil
@@ -717,8 +750,9 @@ func (f *family) version() int {
 	return 6
 }
 
-// emit compresses dirty mirror node g (and its dirty children first).
-func (f *family) emit(g int) error {
+// emit compresses dirty mirror node g (and its dirty children first);
+// top says g hangs from a top entry, so it may become a leaf node.
+func (f *family) emit(g int, top bool) error {
 	var leaves [fanout]uint32
 	var kids [fanout]node
 	var vec, lvec uint64
@@ -730,7 +764,7 @@ func (f *family) emit(g int) error {
 		if e&extBit != 0 {
 			c := int(e & groupMask)
 			if f.gmeta[c].dirty {
-				if err := f.emit(c); err != nil {
+				if err := f.emit(c, false); err != nil {
 					return err
 				}
 			}
@@ -753,13 +787,29 @@ func (f *family) emit(g int) error {
 	old := f.gmeta[g]
 	f.ch.metas = append(f.ch.metas, metaSave{uint32(g), old})
 	m := gmeta{}
-	if vec == 0 && nl == 1 {
+	switch {
+	case vec == 0 && nl == 1:
 		m.isLeaf, m.leaf = true, leaves[0]
-	} else {
+	case vec == 0 && top:
+		m.leafNode, m.nl = true, uint8(nl)
+		m.out.leafvec = lvec
+		if old.leafNode && old.out.leafvec == lvec && int(old.nl) == nl && slices.Equal(f.leaves[old.out.base0+2:][:nl], leaves[:nl]) {
+			m.out.base0 = old.out.base0
+			break
+		}
+		at, err := f.alloc(true, nl+2)
+		if err != nil {
+			return err
+		}
+		f.leaves[at], f.leaves[at+1] = uint32(lvec), uint32(lvec>>32)
+		copy(f.leaves[at+2:], leaves[:nl])
+		m.out.base0 = at
+	default:
 		m.out = node{vector: vec, leafvec: lvec}
 		m.nl, m.nc = uint8(nl), uint8(nc)
+		plain := !old.isLeaf && !old.leafNode
 		if nl > 0 {
-			if !old.isLeaf && int(old.nl) == nl && slices.Equal(f.leaves[old.out.base0:][:nl], leaves[:nl]) {
+			if plain && int(old.nl) == nl && slices.Equal(f.leaves[old.out.base0:][:nl], leaves[:nl]) {
 				m.out.base0 = old.out.base0
 			} else {
 				at, err := f.alloc(true, nl)
@@ -771,7 +821,7 @@ func (f *family) emit(g int) error {
 			}
 		}
 		if nc > 0 {
-			if !old.isLeaf && int(old.nc) == nc && slices.Equal(f.nodes[old.out.base1:][:nc], kids[:nc]) {
+			if plain && int(old.nc) == nc && slices.Equal(f.nodes[old.out.base1:][:nc], kids[:nc]) {
 				m.out.base1 = old.out.base1
 			} else {
 				at, err := f.alloc(false, nc)
@@ -783,12 +833,11 @@ func (f *family) emit(g int) error {
 			}
 		}
 	}
-	if !old.isLeaf {
-		if old.nl > 0 && (m.nl == 0 || m.out.base0 != old.out.base0) {
-			f.ch.stale = append(f.ch.stale, blk{old.out.base0, old.nl, true})
-		}
-		if old.nc > 0 && (m.nc == 0 || m.out.base1 != old.out.base1) {
-			f.ch.stale = append(f.ch.stale, blk{old.out.base1, old.nc, false})
+	// The old blocks that were not kept are retired when this commits.
+	kept := m.blocks()
+	for _, x := range old.blocks() {
+		if !slices.Contains(kept, x) {
+			f.ch.stale = append(f.ch.stale, x)
 		}
 	}
 	f.gmeta[g] = m
@@ -849,15 +898,7 @@ func (f *family) publish() {
 		}
 	}
 	for _, g := range f.gdead {
-		m := f.gmeta[g]
-		if !m.isLeaf {
-			if m.nl > 0 {
-				f.ch.stale = append(f.ch.stale, blk{m.out.base0, m.nl, true})
-			}
-			if m.nc > 0 {
-				f.ch.stale = append(f.ch.stale, blk{m.out.base1, m.nc, false})
-			}
-		}
+		f.ch.stale = append(f.ch.stale, f.gmeta[g].blocks()...)
 		f.gmeta[g] = gmeta{}
 		f.gfree = append(f.gfree, g)
 		f.gused--
@@ -906,10 +947,13 @@ func (f *family) empty() bool {
 // lookup4 returns the result for an IPv4 address in host order.
 func (f *family) lookup4(a uint32) Result {
 	e := atomic.LoadUint32(&f.btop[a>>(32-top4)])
-	if e&nodeFlag == 0 {
+	if e&(nodeFlag|leafFlag) == 0 {
 		return Result(e)
 	}
 	x := uint64(a) << (32 + top4)
+	if e&leafFlag != 0 {
+		return f.leafNode(e&^leafFlag, x>>(64-stride))
+	}
 	i := e &^ nodeFlag
 	for range levels4 {
 		n := &f.nodes[i]
@@ -930,10 +974,13 @@ func (f *family) lookup4(a uint32) Result {
 func (f *family) lookup6(a *[16]byte) Result {
 	hi, lo := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
 	e := atomic.LoadUint32(&f.btop[hi>>(64-top6)])
-	if e&nodeFlag == 0 {
+	if e&(nodeFlag|leafFlag) == 0 {
 		return Result(e)
 	}
 	hi, lo = hi<<top6|lo>>(64-top6), lo<<top6
+	if e&leafFlag != 0 {
+		return f.leafNode(e&^leafFlag, hi>>(64-stride))
+	}
 	i := e &^ nodeFlag
 	for range levels6 {
 		n := &f.nodes[i]
@@ -1074,6 +1121,28 @@ func (f *family) reopen() error {
 	vals := make([]uint32, len(f.btop))
 	for k, e := range f.btop {
 		vals[k] = e
+		if e&leafFlag != 0 {
+			vals[k] = nodeFlag // not one result: cover below it
+			at := e &^ leafFlag
+			if int(at)+2 > len(f.leaves) {
+				return fmt.Errorf("IPv%d top entry %d points at leaf node %d: the pins are corrupt (remove the directory)", f.version(), k, at)
+			}
+			lv := uint64(f.leaves[at]) | uint64(f.leaves[at+1])<<32
+			if lv&1 == 0 {
+				return fmt.Errorf("IPv%d leaf node %d without a first leaf: the pins are corrupt (remove the directory)", f.version(), at)
+			}
+			if err := mark(leafUsed, at, bits.OnesCount64(lv)+2, true); err != nil {
+				return err
+			}
+			var a [16]byte
+			setChunk(&a, 0, f.top, k)
+			var lvals [fanout]uint32
+			for v := range fanout {
+				lvals[v] = uint32(f.leafNode(at, uint64(v))) & resultMask
+			}
+			cover(lvals[:], 0, fanout, a, f.top, stride)
+			continue
+		}
 		if e&nodeFlag == 0 {
 			vals[k] = e & resultMask
 			continue
@@ -1165,13 +1234,17 @@ func (f *family) lookupBatch4(dst []uint32, out []Result) {
 			e := atomic.LoadUint32(&f.btop[a>>(32-top4)])
 			out[i] = Result(e)
 			x[i] = uint64(a) << (32 + top4)
-			more = more || e&nodeFlag != 0
+			more = more || e&(nodeFlag|leafFlag) != 0
 		}
 		for l := 0; more && l < levels4; l++ {
 			more = false
 			for i := range n {
 				e := uint32(out[i])
-				if e&nodeFlag == 0 {
+				switch {
+				case e&leafFlag != 0 && l == 0:
+					out[i] = f.leafNode(e&^leafFlag, x[i]>>(64-stride))
+					continue
+				case e&nodeFlag == 0:
 					continue
 				}
 				out[i] = f.step(e&^nodeFlag, x[i]>>(64-stride))
@@ -1194,13 +1267,17 @@ func (f *family) lookupBatch6(dst [][16]byte, out []Result) {
 			e := atomic.LoadUint32(&f.btop[h>>(64-top6)])
 			out[i] = Result(e)
 			hi[i], lo[i] = h<<top6|l>>(64-top6), l<<top6
-			more = more || e&nodeFlag != 0
+			more = more || e&(nodeFlag|leafFlag) != 0
 		}
 		for l := 0; more && l < levels6; l++ {
 			more = false
 			for i := range n {
 				e := uint32(out[i])
-				if e&nodeFlag == 0 {
+				switch {
+				case e&leafFlag != 0 && l == 0:
+					out[i] = f.leafNode(e&^leafFlag, hi[i]>>(64-stride))
+					continue
+				case e&nodeFlag == 0:
 					continue
 				}
 				out[i] = f.step(e&^nodeFlag, hi[i]>>(64-stride))
@@ -1215,6 +1292,13 @@ func (f *family) lookupBatch6(dst [][16]byte, out []Result) {
 		}
 		dst, out = dst[n:], out[n:]
 	}
+}
+
+// leafNode returns the leaf at position v of the leaf node at at.
+func (f *family) leafNode(at uint32, v uint64) Result {
+	lv := uint64(f.leaves[at]) | uint64(f.leaves[at+1])<<32
+	bit := uint64(1) << v
+	return Result(f.leaves[at+1+uint32(bits.OnesCount64(lv&(bit|(bit-1))))])
 }
 
 // step resolves position v of node i: a child as nodeFlag|index, or the

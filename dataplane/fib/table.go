@@ -72,8 +72,8 @@ func (c Config) withDefaults() Config {
 // Default sizes (see Config), measured on the real table of 2024 scaled
 // to today's 1.04 M IPv4 and 0.22 M IPv6 prefixes.
 const (
-	DefaultNodes4  = 1 << 19
-	DefaultLeaves4 = 3 << 20
+	DefaultNodes4  = 1 << 16
+	DefaultLeaves4 = 4 << 20
 	DefaultNodes6  = 3 << 17
 	DefaultLeaves6 = 1 << 20
 )
