@@ -20,7 +20,9 @@ import (
 // synthetic twin) into the router's kernel over netlink, one route a
 // message, while a mirror follows; then starts a second mirror cold on
 // the loaded kernel. It reports the kernel's install time, how far the
-// live mirror was behind the kernel when it finished, and the cold sync.
+// live mirror was behind the kernel when it finished, the cold sync, and
+// the process's resident memory (mirror and FIB, plus the benchmark's own
+// prefix list) once the live mirror caught up and at its peak.
 func BenchmarkFullTable(b *testing.B) {
 	for range b.N {
 		e := newEnv(b, Config{})
@@ -36,6 +38,9 @@ func BenchmarkFullTable(b *testing.B) {
 			}
 		}
 		gw4, gw6 := e.l.GatewayV4.AsSlice(), e.l.GatewayV6.AsSlice()
+		if err := resetPeakRSS(); err != nil {
+			b.Fatal(err)
+		}
 		t0 := time.Now()
 		for _, p := range ps {
 			gw := gw4
@@ -58,6 +63,7 @@ func BenchmarkFullTable(b *testing.B) {
 			time.Sleep(time.Millisecond)
 		}
 		lag := time.Since(t1)
+		steady, peak := rss()
 
 		// A cold start on the loaded kernel: dump and load.
 		tb2, err := fib.New(fib.Config{Nexthops: 1024, ECMPGroups: 64})
@@ -83,6 +89,8 @@ func BenchmarkFullTable(b *testing.B) {
 		b.ReportMetric(kernel.Seconds(), "s-kernel-install")
 		b.ReportMetric(lag.Seconds()*1000, "ms-live-lag")
 		b.ReportMetric(cold.Seconds(), "s-cold-sync")
+		b.ReportMetric(steady, "MiB-rss-loaded")
+		b.ReportMetric(peak, "MiB-rss-peak")
 	}
 }
 
