@@ -8,10 +8,11 @@
  * it is the result. At a node, position v (the next 6 bits) is a child if
  * bit v of vector is set: nodes[base1 + popcount(vector & mask(v)) - 1];
  * otherwise a leaf: leaves[base0 + popcount(leafvec & mask(v)) - 1],
- * where mask(v) keeps bits 0 to v. A top entry with FIB_LEAFNODE set points
- * at a node without children stored in the leaves: two words of leafvec
- * (low, high), then its leaves. Results are 32-bit words: bits 20-22
- * route type, bits 0-19 index.
+ * where mask(v) keeps bits 0 to v. A leaf is a 16-bit index into
+ * fib_results. A top entry with FIB_LEAFNODE set points at a node without
+ * children stored in the leaves: its leafvec in four leaves (lowest 16
+ * bits first), then its leaves. Results are 32-bit words: bits 20-22 route
+ * type, bits 0-19 index.
  */
 #ifndef XDPROUTER_FIB_H
 #define XDPROUTER_FIB_H
@@ -53,6 +54,10 @@ struct fib_row {
 	__u32 e[256];
 };
 
+struct fib_leaf_row {
+	__u16 e[512];
+};
+
 struct fib_node {
 	__u64 vector;  /* bit v: position v is a child */
 	__u64 leafvec; /* bit v: a new leaf starts at position v */
@@ -92,9 +97,20 @@ struct fib_ecmp {
 	} name SEC(".maps")
 
 FIB_ROWS(fib4_top, (1 << FIB_TOP4) / 256);
-FIB_ROWS(fib4_leaves, 1);
 FIB_ROWS(fib6_top, (1 << FIB_TOP6) / 256);
-FIB_ROWS(fib6_leaves, 1);
+FIB_ROWS(fib_results, 65536 / 256);
+
+#define FIB_LEAVES(name)                                  \
+	struct {                                          \
+		__uint(type, BPF_MAP_TYPE_ARRAY);         \
+		__uint(map_flags, BPF_F_MMAPABLE);        \
+		__uint(max_entries, 1);                   \
+		__type(key, __u32);                       \
+		__type(value, struct fib_leaf_row);       \
+	} name SEC(".maps")
+
+FIB_LEAVES(fib4_leaves);
+FIB_LEAVES(fib6_leaves);
 
 #define FIB_NODES(name)                                   \
 	struct {                                          \
@@ -137,6 +153,31 @@ static __always_inline __u32 fib_word(void *rows, __u32 i)
 	return fib_load(&r->e[i & 0xff]);
 }
 
+/* fib_leaf returns the result leaf i of a leaves map holds (0 when out
+ * of range). */
+static __always_inline __u32 fib_leaf(void *leaves, __u32 i)
+{
+	__u32 row = i >> 9;
+	struct fib_leaf_row *r = bpf_map_lookup_elem(leaves, &row);
+	if (!r)
+		return 0;
+	return fib_word(&fib_results, *(volatile const __u16 *)&r->e[i & 0x1ff]);
+}
+
+/* fib_leafvec returns the leafvec of the leaf node at leaf at. */
+static __always_inline __u64 fib_leafvec(void *leaves, __u32 at)
+{
+	__u64 lv = 0;
+	for (int k = 0; k < 4; k++) {
+		__u32 i = at + k, row = i >> 9;
+		struct fib_leaf_row *r = bpf_map_lookup_elem(leaves, &row);
+		if (!r)
+			return 0;
+		lv |= (__u64)r->e[i & 0x1ff] << (16 * k);
+	}
+	return lv;
+}
+
 /* fib_step resolves position v of node *i: for a child it stores the
  * child's index in *i and returns 1; for a leaf it stores the leaf in
  * *res and returns 0. */
@@ -154,16 +195,16 @@ static __always_inline int fib_step(void *nodes, void *leaves, __u32 *i, __u32 v
 		*i = n->base1 + __builtin_popcountll(vec & m) - 1;
 		return 1;
 	}
-	*res = fib_word(leaves, n->base0 + __builtin_popcountll(n->leafvec & m) - 1);
+	*res = fib_leaf(leaves, n->base0 + __builtin_popcountll(n->leafvec & m) - 1);
 	return 0;
 }
 
-/* fib_leafnode returns the leaf at position v of the leaf node at word at. */
+/* fib_leafnode returns the result at position v of the leaf node at at. */
 static __always_inline __u32 fib_leafnode(void *leaves, __u32 at, __u32 v)
 {
-	__u64 lv = (__u64)fib_word(leaves, at) | (__u64)fib_word(leaves, at + 1) << 32;
+	__u64 lv = fib_leafvec(leaves, at);
 	__u64 bit = 1ULL << (v & 63);
-	return fib_word(leaves, at + 1 + __builtin_popcountll(lv & (bit | (bit - 1))));
+	return fib_leaf(leaves, at + 3 + __builtin_popcountll(lv & (bit | (bit - 1))));
 }
 
 /* fib_lookup4 returns the result (type << 20 | index) for an IPv4

@@ -20,12 +20,14 @@ import (
 //
 // where mask(v) keeps bits 0..v. A run of positions with the same result
 // is one leaf, and a subtree that resolves to one result everywhere is a
-// leaf of its parent, so a full Internet table fits in a few MiB.
+// leaf of its parent, so a full Internet table fits in a few MiB. A leaf
+// is a 16-bit index into the results array (results.go), which holds the
+// few distinct results a table has.
 //
 // A top entry whose node has no children points instead at a leaf node
-// in the leaves array: two words of leafvec, then the leaves. That saves
-// a dependent read for most IPv4 lookups (prefixes longer than the first
-// node level are rare).
+// in the leaves array: four leaves' worth of leafvec (lowest 16 bits
+// first), then the leaves. That saves a dependent read for most IPv4
+// lookups (prefixes longer than the first node level are rare).
 const (
 	stride = 6
 	fanout = 1 << stride
@@ -34,8 +36,10 @@ const (
 	nodeFlag = 1 << 31
 	// leafFlag marks an emitted top entry that points at a leaf node.
 	leafFlag = 1 << 30
+	// leafNodeHead is the leaf node's leafvec, in leaves.
+	leafNodeHead = 4
 	// maxBlock is the largest block: a leaf node of fanout leaves.
-	maxBlock = fanout + 2
+	maxBlock = fanout + leafNodeHead
 	// Bits resolved by the top level of each family.
 	top4 = 18
 	top6 = 16
@@ -77,7 +81,8 @@ type family struct {
 	// The emitted table, read by the XDP program and Readers.
 	btop   []uint32
 	nodes  []node
-	leaves []uint32
+	leaves []uint16 // indices into res
+	res    *results
 	na, la blocks
 
 	routes routeSet
@@ -91,8 +96,8 @@ type gmeta struct {
 	out    node   // the emitted node, unless isLeaf
 	leaf   uint32 // the result the whole subtree resolves to, if isLeaf
 	isLeaf bool
-	// leafNode: emitted as a leaf node at out.base0 (out.leafvec, nl
-	// leaves, no children), for a top entry.
+	// leafNode: emitted as a leaf node at out.base0 (out.leafvec, then
+	// nl leaves), for a top entry.
 	leafNode bool
 	dirty    bool  // changed since it was emitted
 	nl, nc   uint8 // leaves and children blocks of out (0: none)
@@ -104,13 +109,13 @@ func (m *gmeta) blocks() []blk {
 	switch {
 	case m.isLeaf:
 	case m.leafNode:
-		bs = append(bs, blk{m.out.base0, m.nl + 2, true})
+		bs = append(bs, blk{m.out.base0, m.nl + leafNodeHead, true, true})
 	default:
 		if m.nl > 0 {
-			bs = append(bs, blk{m.out.base0, m.nl, true})
+			bs = append(bs, blk{m.out.base0, m.nl, true, false})
 		}
 		if m.nc > 0 {
-			bs = append(bs, blk{m.out.base1, m.nc, false})
+			bs = append(bs, blk{m.out.base1, m.nc, false, false})
 		}
 	}
 	return bs
@@ -142,11 +147,13 @@ type metaSave struct {
 	old gmeta
 }
 
-// blk is an allocated block of nodes (leaf false) or leaves.
+// blk is an allocated block of nodes (leaf false) or leaves (of a leaf
+// node: lnode).
 type blk struct {
-	at   uint32
-	n    uint8
-	leaf bool
+	at    uint32
+	n     uint8
+	leaf  bool
+	lnode bool
 }
 
 // blocks allocates blocks of 1 to fanout elements from one array: free
@@ -258,11 +265,11 @@ func (b *blocks) reset() {
 }
 
 // newFamily makes an empty family over the emitted arrays (all zero).
-func newFamily(addrBits, top int, btop []uint32, nodes []node, leaves []uint32, grace func() error) *family {
+func newFamily(addrBits, top int, btop []uint32, nodes []node, leaves []uint16, res *results, grace func() error) *family {
 	return &family{
 		bits: addrBits, top: top,
 		gtop: make([]uint32, 1<<top),
-		btop: btop, nodes: nodes, leaves: leaves,
+		btop: btop, nodes: nodes, leaves: leaves, res: res,
 		na:     blocks{size: len(nodes), taken: make([]uint64, (len(nodes)+63)/64)},
 		la:     blocks{size: len(leaves), taken: make([]uint64, (len(leaves)+63)/64)},
 		routes: routeSet{v4: addrBits == 32},
@@ -646,8 +653,7 @@ func (f *family) commit(grow bool) error {
 				f.undo()
 				return fmt.Errorf("wait for fib readers: %w", gerr)
 			}
-			f.na.reclaim()
-			f.la.reclaim()
+			f.reclaim()
 		}
 		f.na.coalesce()
 		f.la.coalesce()
@@ -722,7 +728,7 @@ func (f *family) emitTop(k int) (uint32, error) {
 	if b := f.btop[k]; b&nodeFlag != 0 && f.nodes[b&^nodeFlag] == m.out {
 		return b, nil
 	}
-	at, err := f.alloc(false, 1)
+	at, err := f.alloc(false, false, 1)
 	if err != nil {
 		return 0, err
 	}
@@ -730,7 +736,7 @@ func (f *family) emitTop(k int) (uint32, error) {
 	return nodeFlag | at, nil
 }
 
-func (f *family) alloc(leaf bool, n int) (uint32, error) {
+func (f *family) alloc(leaf, lnode bool, n int) (uint32, error) {
 	b, what := &f.na, "nodes"
 	if leaf {
 		b, what = &f.la, "leaves"
@@ -739,7 +745,7 @@ func (f *family) alloc(leaf bool, n int) (uint32, error) {
 	if !ok {
 		return 0, fmt.Errorf("%w: the IPv%d table's %d %s are in use", ErrCapacity, f.version(), b.size, what)
 	}
-	f.ch.fresh = append(f.ch.fresh, blk{at, uint8(n), leaf})
+	f.ch.fresh = append(f.ch.fresh, blk{at, uint8(n), leaf, lnode})
 	return at, nil
 }
 
@@ -793,30 +799,30 @@ func (f *family) emit(g int, top bool) error {
 	case vec == 0 && top:
 		m.leafNode, m.nl = true, uint8(nl)
 		m.out.leafvec = lvec
-		if old.leafNode && old.out.leafvec == lvec && int(old.nl) == nl && slices.Equal(f.leaves[old.out.base0+2:][:nl], leaves[:nl]) {
+		if old.leafNode && old.out.leafvec == lvec && f.sameLeaves(old.out.base0+leafNodeHead, int(old.nl), leaves[:nl]) {
 			m.out.base0 = old.out.base0
 			break
 		}
-		at, err := f.alloc(true, nl+2)
+		at, err := f.writeLeaves(true, leaves[:nl])
 		if err != nil {
 			return err
 		}
-		f.leaves[at], f.leaves[at+1] = uint32(lvec), uint32(lvec>>32)
-		copy(f.leaves[at+2:], leaves[:nl])
+		for k := range leafNodeHead {
+			f.leaves[at+uint32(k)] = uint16(lvec >> (16 * k))
+		}
 		m.out.base0 = at
 	default:
 		m.out = node{vector: vec, leafvec: lvec}
 		m.nl, m.nc = uint8(nl), uint8(nc)
 		plain := !old.isLeaf && !old.leafNode
 		if nl > 0 {
-			if plain && int(old.nl) == nl && slices.Equal(f.leaves[old.out.base0:][:nl], leaves[:nl]) {
+			if plain && f.sameLeaves(old.out.base0, int(old.nl), leaves[:nl]) {
 				m.out.base0 = old.out.base0
 			} else {
-				at, err := f.alloc(true, nl)
+				at, err := f.writeLeaves(false, leaves[:nl])
 				if err != nil {
 					return err
 				}
-				copy(f.leaves[at:], leaves[:nl])
 				m.out.base0 = at
 			}
 		}
@@ -824,7 +830,7 @@ func (f *family) emit(g int, top bool) error {
 			if plain && int(old.nc) == nc && slices.Equal(f.nodes[old.out.base1:][:nc], kids[:nc]) {
 				m.out.base1 = old.out.base1
 			} else {
-				at, err := f.alloc(false, nc)
+				at, err := f.alloc(false, false, nc)
 				if err != nil {
 					return err
 				}
@@ -844,11 +850,74 @@ func (f *family) emit(g int, top bool) error {
 	return nil
 }
 
+// sameLeaves reports whether the n leaves at at hold rs.
+func (f *family) sameLeaves(at uint32, n int, rs []uint32) bool {
+	if n != len(rs) {
+		return false
+	}
+	for k, r := range rs {
+		if i, ok := f.res.peek(Result(r)); !ok || f.leaves[int(at)+k] != i {
+			return false
+		}
+	}
+	return true
+}
+
+// writeLeaves allocates a leaf block (of a leaf node: room for its
+// leafvec first) and writes rs into it as result indices.
+func (f *family) writeLeaves(lnode bool, rs []uint32) (uint32, error) {
+	var idx [fanout]uint16
+	for k, r := range rs {
+		i, ok := f.res.ref(Result(r))
+		if !ok {
+			for _, j := range idx[:k] {
+				f.res.unref(j)
+			}
+			return 0, fmt.Errorf("%w: all %d results are in use (distinct nexthops, ECMP groups and route types)", ErrCapacity, len(f.res.vals))
+		}
+		idx[k] = i
+	}
+	head := 0
+	if lnode {
+		head = leafNodeHead
+	}
+	at, err := f.alloc(true, lnode, head+len(rs))
+	if err != nil {
+		for _, j := range idx[:len(rs)] {
+			f.res.unref(j)
+		}
+		return 0, err
+	}
+	copy(f.leaves[int(at)+head:], idx[:len(rs)])
+	return at, nil
+}
+
+// unrefLeaves drops the result references of a leaf block.
+func (f *family) unrefLeaves(x blk) {
+	from := int(x.at)
+	if x.lnode {
+		from += leafNodeHead
+	}
+	for _, i := range f.leaves[from : int(x.at)+int(x.n)] {
+		f.res.unref(i)
+	}
+}
+
+// reclaim makes the blocks retired before a grace period reusable.
+func (f *family) reclaim() {
+	for _, x := range f.la.pending {
+		f.unrefLeaves(x)
+	}
+	f.la.reclaim()
+	f.na.reclaim()
+}
+
 // unemit takes back an emission that was not published: fresh blocks are
 // free again and metas as they were (still dirty).
 func (f *family) unemit() {
 	for _, x := range f.ch.fresh {
 		if x.leaf {
+			f.unrefLeaves(x)
 			f.la.release(x.at, int(x.n))
 		} else {
 			f.na.release(x.at, int(x.n))
@@ -894,7 +963,7 @@ func (f *family) publish() {
 		}
 		atomic.StoreUint32(&f.btop[k], v)
 		if old&nodeFlag != 0 {
-			f.ch.stale = append(f.ch.stale, blk{old &^ nodeFlag, 1, false})
+			f.ch.stale = append(f.ch.stale, blk{at: old &^ nodeFlag, n: 1})
 		}
 	}
 	for _, g := range f.gdead {
@@ -927,13 +996,12 @@ func (f *family) endChange() {
 	f.ch.log = true
 }
 
-// resetMirror empties the mirror and the allocators when a load into an
-// empty family is refused (nothing of it was published).
+// resetMirror empties the mirror and the route set: when a load into an
+// empty family is refused (nothing of it was published, and its blocks
+// are free again) and when the family is cleared.
 func (f *family) resetMirror() {
 	clear(f.gtop)
 	f.gnodes, f.gmeta, f.gfree, f.gdead, f.gused = f.gnodes[:0], f.gmeta[:0], f.gfree[:0], f.gdead[:0], 0
-	f.na.reset()
-	f.la.reset()
 	f.routes.clear()
 	f.ch.marked = f.ch.marked[:0] // their metas are gone
 	f.endChange()
@@ -965,7 +1033,7 @@ func (f *family) lookup4(a uint32) Result {
 			i = n.base1 + uint32(bits.OnesCount64(n.vector&m)) - 1
 			continue
 		}
-		return Result(f.leaves[n.base0+uint32(bits.OnesCount64(n.leafvec&m))-1])
+		return f.leaf(n.base0 + uint32(bits.OnesCount64(n.leafvec&m)) - 1)
 	}
 	return 0
 }
@@ -992,7 +1060,7 @@ func (f *family) lookup6(a *[16]byte) Result {
 			i = n.base1 + uint32(bits.OnesCount64(n.vector&m)) - 1
 			continue
 		}
-		return Result(f.leaves[n.base0+uint32(bits.OnesCount64(n.leafvec&m))-1])
+		return f.leaf(n.base0 + uint32(bits.OnesCount64(n.leafvec&m)) - 1)
 	}
 	return 0
 }
@@ -1017,6 +1085,24 @@ func (f *family) clear() error {
 	if err := f.grace(); err != nil {
 		return fmt.Errorf("wait for fib readers: %w", err)
 	}
+	// Nothing published before is reachable now: every block is free.
+	f.reclaim()
+	free := make([]bool, len(f.gmeta))
+	for _, g := range f.gfree {
+		free[g] = true
+	}
+	for g := range f.gmeta {
+		if free[g] {
+			continue
+		}
+		for _, x := range f.gmeta[g].blocks() {
+			if x.leaf {
+				f.unrefLeaves(x)
+			}
+		}
+	}
+	f.na.reset()
+	f.la.reset()
 	f.resetMirror()
 	return nil
 }
@@ -1024,21 +1110,32 @@ func (f *family) clear() error {
 // tableBytes is the memory lookups touch: the top level and the nodes
 // and leaves in use.
 func (f *family) tableBytes() int {
-	return len(f.btop)*4 + f.na.used*int(unsafe.Sizeof(node{})) + f.la.used*4
+	return len(f.btop)*4 + f.na.used*int(unsafe.Sizeof(node{})) + f.la.used*2
 }
 
-// reopen recovers a family from reopened maps that a previous process
-// emitted. The emitted table keeps results, not the prefixes that painted
-// them, so it recovers for every run of positions with one result the
-// aligned prefixes that cover it: they forward exactly as the table does.
-// It paints them into the mirror, emits them into free blocks, publishes
-// (readers see the same answers) and retires the old blocks. The arrays
-// need room for the table twice.
-func (f *family) reopen() error {
+// reopened is what scan found in a reopened family.
+type reopened struct {
+	old    []blk // every live block, retired once adopt has replaced them
+	routes []found
+}
+
+type found struct {
+	a [16]byte
+	n int
+	r Result
+}
+
+// scan reads a family from reopened maps that a previous process
+// emitted: it takes the blocks in use, counts in refs the result indices
+// their leaves use, and recovers the routes. The emitted table keeps
+// results, not the prefixes that painted them, so for every run of
+// positions with one result it recovers the aligned prefixes that cover
+// it: they forward exactly as the table does.
+func (f *family) scan(refs []uint32) (*reopened, error) {
 	nodeUsed := make([]bool, len(f.nodes))
 	leafUsed := make([]bool, len(f.leaves))
 	var old []blk
-	mark := func(used []bool, at uint32, n int, leaf bool) error {
+	mark := func(used []bool, at uint32, n int, leaf, lnode bool) error {
 		if n == 0 {
 			return nil
 		}
@@ -1051,13 +1148,18 @@ func (f *family) reopen() error {
 			}
 			used[i] = true
 		}
-		old = append(old, blk{at, uint8(n), leaf})
+		x := blk{at, uint8(n), leaf, lnode}
+		old = append(old, x)
+		if leaf {
+			from := int(at)
+			if lnode {
+				from += leafNodeHead
+			}
+			for _, i := range f.leaves[from : int(at)+n] {
+				refs[i]++
+			}
+		}
 		return nil
-	}
-	type found struct {
-		a [16]byte
-		n int
-		r Result
 	}
 	var routes []found
 	// cover adds the prefixes of every aligned run of positions
@@ -1085,15 +1187,18 @@ func (f *family) reopen() error {
 	}
 	var walk func(i uint32, a [16]byte, off int) error
 	walk = func(i uint32, a [16]byte, off int) error {
+		if int(i) >= len(f.nodes) {
+			return fmt.Errorf("IPv%d node %d beyond the array: the pins are corrupt (remove the directory)", f.version(), i)
+		}
 		if off >= f.bits {
 			return fmt.Errorf("IPv%d nodes deeper than the address: the pins are corrupt (remove the directory)", f.version())
 		}
 		nd := f.nodes[i]
 		nc, nl := bits.OnesCount64(nd.vector), bits.OnesCount64(nd.leafvec)
-		if err := mark(nodeUsed, nd.base1, nc, false); err != nil {
+		if err := mark(nodeUsed, nd.base1, nc, false, false); err != nil {
 			return err
 		}
-		if err := mark(leafUsed, nd.base0, nl, true); err != nil {
+		if err := mark(leafUsed, nd.base0, nl, true, false); err != nil {
 			return err
 		}
 		var vals [fanout]uint32
@@ -1113,7 +1218,7 @@ func (f *family) reopen() error {
 			if nd.leafvec&m == 0 {
 				return fmt.Errorf("IPv%d node without a leaf at position %d: the pins are corrupt (remove the directory)", f.version(), v)
 			}
-			vals[v] = f.leaves[nd.base0+uint32(bits.OnesCount64(nd.leafvec&m))-1] & resultMask
+			vals[v] = uint32(f.leaf(nd.base0+uint32(bits.OnesCount64(nd.leafvec&m))-1)) & resultMask
 		}
 		cover(vals[:], 0, fanout, a, off, stride)
 		return nil
@@ -1124,15 +1229,15 @@ func (f *family) reopen() error {
 		if e&leafFlag != 0 {
 			vals[k] = nodeFlag // not one result: cover below it
 			at := e &^ leafFlag
-			if int(at)+2 > len(f.leaves) {
-				return fmt.Errorf("IPv%d top entry %d points at leaf node %d: the pins are corrupt (remove the directory)", f.version(), k, at)
+			if int(at)+leafNodeHead > len(f.leaves) {
+				return nil, fmt.Errorf("IPv%d top entry %d points at leaf node %d: the pins are corrupt (remove the directory)", f.version(), k, at)
 			}
-			lv := uint64(f.leaves[at]) | uint64(f.leaves[at+1])<<32
+			lv := f.leafVec(at)
 			if lv&1 == 0 {
-				return fmt.Errorf("IPv%d leaf node %d without a first leaf: the pins are corrupt (remove the directory)", f.version(), at)
+				return nil, fmt.Errorf("IPv%d leaf node %d without a first leaf: the pins are corrupt (remove the directory)", f.version(), at)
 			}
-			if err := mark(leafUsed, at, bits.OnesCount64(lv)+2, true); err != nil {
-				return err
+			if err := mark(leafUsed, at, bits.OnesCount64(lv)+leafNodeHead, true, true); err != nil {
+				return nil, err
 			}
 			var a [16]byte
 			setChunk(&a, 0, f.top, k)
@@ -1149,13 +1254,13 @@ func (f *family) reopen() error {
 		}
 		at := e &^ nodeFlag
 		if int(at) >= len(f.nodes) || nodeUsed[at] {
-			return fmt.Errorf("IPv%d top entry %d points at node %d: the pins are corrupt (remove the directory)", f.version(), k, at)
+			return nil, fmt.Errorf("IPv%d top entry %d points at node %d: the pins are corrupt (remove the directory)", f.version(), k, at)
 		}
 		nodeUsed[at] = true // retired by publish when the entry changes
 		var a [16]byte
 		setChunk(&a, 0, f.top, k)
 		if err := walk(at, a, f.top); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	cover(vals, 0, len(vals), [16]byte{}, 0, f.top)
@@ -1179,22 +1284,29 @@ func (f *family) reopen() error {
 				continue
 			}
 			n := 0
-			for i+n < x.b.next && !x.used[i+n] && n < fanout {
+			for i+n < x.b.next && !x.used[i+n] && n < maxBlock {
 				n++
 			}
 			x.b.free[n] = append(x.b.free[n], uint32(i))
 			i += n
 		}
 	}
+	return &reopened{old, routes}, nil
+}
+
+// adopt paints the routes scan recovered into the mirror, emits them into
+// free blocks, publishes (readers see the same answers) and retires the
+// old blocks. The arrays need room for the table twice.
+func (f *family) adopt(r *reopened) error {
 	f.ch.log = false
-	for _, r := range routes {
-		f.routes.put(&r.a, r.n, r.r)
-		f.paint(r.a, r.n, r.r)
+	for _, x := range r.routes {
+		f.routes.put(&x.a, x.n, x.r)
+		f.paint(x.a, x.n, x.r)
 	}
 	if err := f.commit(false); err != nil {
 		return fmt.Errorf("emit the recovered IPv%d table beside the pinned one: %w", f.version(), err)
 	}
-	for _, x := range old {
+	for _, x := range r.old {
 		if x.leaf {
 			f.la.retire(x)
 		} else {
@@ -1294,11 +1406,19 @@ func (f *family) lookupBatch6(dst [][16]byte, out []Result) {
 	}
 }
 
+// leaf returns the result leaf i holds.
+func (f *family) leaf(i uint32) Result { return Result(f.res.vals[f.leaves[i]]) }
+
+// leafVec returns the leafvec of the leaf node at at.
+func (f *family) leafVec(at uint32) uint64 {
+	l := f.leaves[at : at+leafNodeHead]
+	return uint64(l[0]) | uint64(l[1])<<16 | uint64(l[2])<<32 | uint64(l[3])<<48
+}
+
 // leafNode returns the leaf at position v of the leaf node at at.
 func (f *family) leafNode(at uint32, v uint64) Result {
-	lv := uint64(f.leaves[at]) | uint64(f.leaves[at+1])<<32
 	bit := uint64(1) << v
-	return Result(f.leaves[at+1+uint32(bits.OnesCount64(lv&(bit|(bit-1))))])
+	return f.leaf(at + leafNodeHead - 1 + uint32(bits.OnesCount64(f.leafVec(at)&(bit|(bit-1)))))
 }
 
 // step resolves position v of node i: a child as nodeFlag|index, or the
@@ -1310,5 +1430,5 @@ func (f *family) step(i uint32, v uint64) Result {
 	if n.vector&bit != 0 {
 		return Result(nodeFlag | (n.base1 + uint32(bits.OnesCount64(n.vector&m)) - 1))
 	}
-	return Result(f.leaves[n.base0+uint32(bits.OnesCount64(n.leafvec&m))-1])
+	return f.leaf(n.base0 + uint32(bits.OnesCount64(n.leafvec&m)) - 1)
 }

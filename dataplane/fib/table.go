@@ -36,7 +36,7 @@ import (
 // Config sizes a table; zero fields take the defaults.
 type Config struct {
 	// Nodes4 and Nodes6 are the number of 24-byte nodes of each family,
-	// Leaves4 and Leaves6 the number of 4-byte leaves. The defaults hold
+	// Leaves4 and Leaves6 the number of 2-byte leaves. The defaults hold
 	// today's full table twice over (a change writes new blocks before
 	// the old ones are freed; a reopened table is emitted afresh).
 	Nodes4, Leaves4 int
@@ -73,9 +73,9 @@ func (c Config) withDefaults() Config {
 // to today's 1.04 M IPv4 and 0.22 M IPv6 prefixes.
 const (
 	DefaultNodes4  = 1 << 16
-	DefaultLeaves4 = 4 << 20
-	DefaultNodes6  = 3 << 17
-	DefaultLeaves6 = 1 << 20
+	DefaultLeaves4 = 6 << 20
+	DefaultNodes6  = 1 << 19
+	DefaultLeaves6 = 3 << 19
 )
 
 // Layout constants shared with bpf/fib.h.
@@ -93,6 +93,7 @@ type Table struct {
 	mem  [][]byte // mappings, unmapped on Close
 
 	v4, v6 *family
+	res    *results // shared by v4 and v6
 	nh     *slots[nhEntry]
 	ecmp   *slots[ecmpEntry]
 	// nhGen numbers nexthop writes (NexthopEntry.Gen). It starts from the
@@ -117,6 +118,7 @@ type Table struct {
 type Maps struct {
 	V4Top, V4Nodes, V4Leaves *ebpf.Map
 	V6Top, V6Nodes, V6Leaves *ebpf.Map
+	Results                  *ebpf.Map
 	NexthopPtr, Nexthops     *ebpf.Map
 	ECMPPtr, ECMP            *ebpf.Map
 }
@@ -126,7 +128,8 @@ func (m Maps) Replacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"fib4_top": m.V4Top, "fib4_nodes": m.V4Nodes, "fib4_leaves": m.V4Leaves,
 		"fib6_top": m.V6Top, "fib6_nodes": m.V6Nodes, "fib6_leaves": m.V6Leaves,
-		"fib_nh_ptr": m.NexthopPtr, "fib_nh": m.Nexthops,
+		"fib_results": m.Results,
+		"fib_nh_ptr":  m.NexthopPtr, "fib_nh": m.Nexthops,
 		"fib_ecmp_ptr": m.ECMPPtr, "fib_ecmp": m.ECMP,
 	}
 }
@@ -188,10 +191,20 @@ func (t *Table) Unpin() error {
 	return errors.Join(errs...)
 }
 
-// rebuild recovers each family from reopened maps (see family.reopen).
+// rebuild recovers each family and the results from reopened maps (see
+// family.scan).
 func (t *Table) rebuild() error {
-	for _, f := range []*family{t.v4, t.v6} {
-		if err := f.reopen(); err != nil {
+	refs := make([]uint32, MaxResults)
+	var found [2]*reopened
+	for i, f := range []*family{t.v4, t.v6} {
+		var err error
+		if found[i], err = f.scan(refs); err != nil {
+			return fmt.Errorf("reopen pinned fib in %s: %w", t.cfg.PinPath, err)
+		}
+	}
+	t.res.rebuild(refs)
+	for i, f := range []*family{t.v4, t.v6} {
+		if err := f.adopt(found[i]); err != nil {
 			return fmt.Errorf("reopen pinned fib in %s: %w", t.cfg.PinPath, err)
 		}
 	}
@@ -202,6 +215,11 @@ func (t *Table) rebuild() error {
 
 func (t *Table) create() error {
 	var err error
+	rm, err := t.rows("fib_results", MaxResults/rowWords)
+	if err != nil {
+		return err
+	}
+	t.maps.Results, t.res = rm.m, newResults(rm.words)
 	if t.v4, t.maps.V4Top, t.maps.V4Nodes, t.maps.V4Leaves, err = t.family("fib4", 32, top4, t.cfg.Nodes4, t.cfg.Leaves4); err != nil {
 		return err
 	}
@@ -245,12 +263,13 @@ func (t *Table) family(name string, bits, top, nodes, leaves int) (*family, *ebp
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	lm, err := t.rows(name+"_leaves", (leaves+rowWords-1)/rowWords)
+	lm, err := t.rows(name+"_leaves", (leaves+2*rowWords-1)/(2*rowWords))
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
 	ns := unsafe.Slice((*node)(unsafe.Pointer(&mem[0])), nodes)
-	return newFamily(bits, top, tm.words, ns, lm.words[:leaves], t.grace), tm.m, nm, lm.m, nil
+	ls := unsafe.Slice((*uint16)(unsafe.Pointer(&lm.words[0])), leaves)
+	return newFamily(bits, top, tm.words, ns, ls, t.res, t.grace), tm.m, nm, lm.m, nil
 }
 
 // rows creates an mmapable array of n 1 KiB rows and maps it.
@@ -321,7 +340,7 @@ func (t *Table) Close() error {
 		errs = append(errs, unix.Munmap(mem))
 	}
 	t.mem = nil
-	for _, m := range []*ebpf.Map{t.maps.V4Top, t.maps.V4Nodes, t.maps.V4Leaves, t.maps.V6Top, t.maps.V6Nodes, t.maps.V6Leaves,
+	for _, m := range []*ebpf.Map{t.maps.Results, t.maps.V4Top, t.maps.V4Nodes, t.maps.V4Leaves, t.maps.V6Top, t.maps.V6Nodes, t.maps.V6Leaves,
 		t.maps.NexthopPtr, t.maps.Nexthops, t.maps.ECMPPtr, t.maps.ECMP, t.barrier, t.barrierInner} {
 		if m != nil {
 			errs = append(errs, m.Close())
@@ -616,6 +635,7 @@ type Stats struct {
 	Nodes6, Nodes6Of, Leaves6, Leaves6Of int
 	Nexthops                             int
 	ECMPGroups                           int
+	Results                              int // distinct results leaves index (at most MaxResults)
 	Bytes                                int // memory of all mappings
 	// TableBytes is the memory of the nodes and leaves in use and the
 	// top levels: what lookups touch.
@@ -636,6 +656,8 @@ func (t *Table) Stats() Stats {
 	for _, f := range []*family{t.v4, t.v6} {
 		s.TableBytes += f.tableBytes()
 	}
+	s.Results = t.res.used()
+	s.TableBytes += s.Results * 4
 	for _, m := range t.mem {
 		s.Bytes += len(m)
 	}

@@ -39,6 +39,11 @@ type routerFibEcmp struct {
 	Pad     uint32
 }
 
+type routerFibLeafRow struct {
+	_ structs.HostLayout
+	E [512]uint16
+}
+
 type routerFibNexthop struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -135,6 +140,7 @@ const (
 	routerMapFibEcmpPtr    = "fib_ecmp_ptr"
 	routerMapFibNh         = "fib_nh"
 	routerMapFibNhPtr      = "fib_nh_ptr"
+	routerMapFibResults    = "fib_results"
 	routerMapIfaces        = "ifaces"
 	routerMapLocal4        = "local4"
 	routerMapLocal4Bits    = "local4_bits"
@@ -213,6 +219,7 @@ type routerMapSpecs struct {
 	FibEcmpPtr   *ebpf.MapSpec `ebpf:"fib_ecmp_ptr"`
 	FibNh        *ebpf.MapSpec `ebpf:"fib_nh"`
 	FibNhPtr     *ebpf.MapSpec `ebpf:"fib_nh_ptr"`
+	FibResults   *ebpf.MapSpec `ebpf:"fib_results"`
 	Ifaces       *ebpf.MapSpec `ebpf:"ifaces"`
 	Local4       *ebpf.MapSpec `ebpf:"local4"`
 	Local4Bits   *ebpf.MapSpec `ebpf:"local4_bits"`
@@ -267,6 +274,7 @@ type routerMaps struct {
 	FibEcmpPtr   *ebpf.Map `ebpf:"fib_ecmp_ptr"`
 	FibNh        *ebpf.Map `ebpf:"fib_nh"`
 	FibNhPtr     *ebpf.Map `ebpf:"fib_nh_ptr"`
+	FibResults   *ebpf.Map `ebpf:"fib_results"`
 	Ifaces       *ebpf.Map `ebpf:"ifaces"`
 	Local4       *ebpf.Map `ebpf:"local4"`
 	Local4Bits   *ebpf.Map `ebpf:"local4_bits"`
@@ -291,6 +299,7 @@ func (m *routerMaps) Close() error {
 		m.FibEcmpPtr,
 		m.FibNh,
 		m.FibNhPtr,
+		m.FibResults,
 		m.Ifaces,
 		m.Local4,
 		m.Local4Bits,

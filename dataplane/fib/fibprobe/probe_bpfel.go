@@ -20,6 +20,11 @@ type probeFibEcmp struct {
 	Pad     uint32
 }
 
+type probeFibLeafRow struct {
+	_ structs.HostLayout
+	E [512]uint16
+}
+
 type probeFibNexthop struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -64,6 +69,7 @@ const (
 	probeMapFibEcmpPtr = "fib_ecmp_ptr"
 	probeMapFibNh      = "fib_nh"
 	probeMapFibNhPtr   = "fib_nh_ptr"
+	probeMapFibResults = "fib_results"
 	probeMapProbeAddrs = "probe_addrs"
 	probeProgFibProbe  = "fib_probe"
 )
@@ -127,6 +133,7 @@ type probeMapSpecs struct {
 	FibEcmpPtr *ebpf.MapSpec `ebpf:"fib_ecmp_ptr"`
 	FibNh      *ebpf.MapSpec `ebpf:"fib_nh"`
 	FibNhPtr   *ebpf.MapSpec `ebpf:"fib_nh_ptr"`
+	FibResults *ebpf.MapSpec `ebpf:"fib_results"`
 	ProbeAddrs *ebpf.MapSpec `ebpf:"probe_addrs"`
 }
 
@@ -166,6 +173,7 @@ type probeMaps struct {
 	FibEcmpPtr *ebpf.Map `ebpf:"fib_ecmp_ptr"`
 	FibNh      *ebpf.Map `ebpf:"fib_nh"`
 	FibNhPtr   *ebpf.Map `ebpf:"fib_nh_ptr"`
+	FibResults *ebpf.Map `ebpf:"fib_results"`
 	ProbeAddrs *ebpf.Map `ebpf:"probe_addrs"`
 }
 
@@ -181,6 +189,7 @@ func (m *probeMaps) Close() error {
 		m.FibEcmpPtr,
 		m.FibNh,
 		m.FibNhPtr,
+		m.FibResults,
 		m.ProbeAddrs,
 	)
 }
