@@ -3,8 +3,10 @@ package fib
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/xdprouter/xdprouter/internal/testutil"
@@ -230,5 +232,66 @@ func TestCapacity(t *testing.T) {
 	}
 	if err := tb.SetECMP(0, make([]uint32, 17)); err == nil {
 		t.Error("17-member ECMP group accepted")
+	}
+}
+
+// TestLoadRefused: a load that does not fit changes nothing, into an
+// empty table and into a loaded one, with both families in one load (one
+// may fit and be taken out again).
+func TestLoadRefused(t *testing.T) {
+	for _, cfg := range []Config{
+		{Nodes4: 64, Leaves4: 512, Nodes6: 64, Leaves6: 512},     // neither family fits
+		{Nodes4: 4096, Leaves4: 65536, Nodes6: 64, Leaves6: 512}, // IPv4 fits and is taken out again
+	} {
+		t.Run(fmt.Sprintf("nodes4=%d", cfg.Nodes4), func(t *testing.T) {
+			cfg.Nexthops, cfg.ECMPGroups = 4, 2
+			loadRefused(t, newTestTable(t, cfg))
+		})
+	}
+}
+
+func loadRefused(t *testing.T, tb *Table) {
+	rng := rand.New(rand.NewPCG(8, 9))
+	var big []Route
+	for range 2000 {
+		v6 := rng.IntN(2) == 1
+		big = append(big, Route{randPrefix(rng, v6), MakeResult(RouteNexthop, uint32(rng.IntN(50)))})
+	}
+	small := []Route{
+		{netip.MustParsePrefix("10.1.0.0/16"), MakeResult(RouteNexthop, 1)},
+		{netip.MustParsePrefix("10.1.2.0/24"), MakeResult(RouteNexthop, 2)},
+		{netip.MustParsePrefix("2001:db8::/32"), MakeResult(RouteNexthop, 3)},
+	}
+	var ps []netip.Prefix
+	for _, r := range append(append([]Route{}, big...), small...) {
+		ps = append(ps, r.Prefix)
+	}
+	addrs := append(probes(rng, ps, false, 300), probes(rng, ps, true, 300)...)
+	snapshot := func() (map[netip.Prefix]Result, []Result, Stats) {
+		routes := map[netip.Prefix]Result{}
+		tb.Routes(func(r Route) bool { routes[r.Prefix] = r.Result; return true })
+		var res []Result
+		for _, a := range addrs {
+			res = append(res, tb.Lookup(a))
+		}
+		st := tb.Stats()
+		// Retired leaf blocks hold their results until a grace period.
+		st.GracePeriods, st.Results, st.TableBytes = 0, 0, 0
+		return routes, res, st
+	}
+	for _, when := range []string{"empty", "loaded"} {
+		if when == "loaded" {
+			if err := tb.Load(small); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r0, l0, s0 := snapshot()
+		if err := tb.Load(big); !errors.Is(err, ErrCapacity) {
+			t.Fatalf("%s: a load that cannot fit: %v, want ErrCapacity", when, err)
+		}
+		r1, l1, s1 := snapshot()
+		if !maps.Equal(r0, r1) || !slices.Equal(l0, l1) || s0 != s1 {
+			t.Errorf("%s: a refused load changed the table: %d -> %d routes, %+v -> %+v", when, len(r0), len(r1), s0, s1)
+		}
 	}
 }

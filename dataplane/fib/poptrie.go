@@ -72,7 +72,7 @@ type family struct {
 	// The mirror, in Go memory: entries as in result.go (ext: the rest
 	// is a mirror node index).
 	gtop   []uint32
-	gnodes []uint32 // fanout entries per node
+	gnodes nodeStore
 	gmeta  []gmeta
 	gfree  []uint32
 	gdead  []uint32 // freed by the open change; free once it commits
@@ -89,6 +89,31 @@ type family struct {
 	grace  func() error
 
 	ch change // the open change
+}
+
+// nodeStore holds the mirror's nodes, fanout entries each, in chunks of
+// 1024 nodes: growing it never copies (a full table's mirror is tens of
+// MiB, and doubling one slice would leave as much garbage behind).
+type nodeStore struct{ chunks [][]uint32 }
+
+const chunkNodes = 1024
+
+// at returns entry i (node i/fanout, position i%fanout).
+func (s *nodeStore) at(i int) *uint32 {
+	return &s.chunks[i/(chunkNodes*fanout)][i%(chunkNodes*fanout)]
+}
+
+// node returns node g's entries.
+func (s *nodeStore) node(g int) []uint32 {
+	o := g % chunkNodes * fanout
+	return s.chunks[g/chunkNodes][o : o+fanout]
+}
+
+// grow makes room for n nodes.
+func (s *nodeStore) grow(n int) {
+	for len(s.chunks)*chunkNodes < n {
+		s.chunks = append(s.chunks, make([]uint32, chunkNodes*fanout))
+	}
 }
 
 // gmeta is what a mirror node was last emitted as.
@@ -136,11 +161,13 @@ type change struct {
 	newTop   []uint32   // emitted top values, by position in tops
 }
 
+// write is a mirror entry overwritten: gnodes[i], or gtop[i] when i has
+// writeTop set.
 type write struct {
-	top bool
-	i   int
-	old uint32
+	i, old uint32
 }
+
+const writeTop = 1 << 31
 
 type metaSave struct {
 	g   uint32
@@ -309,7 +336,7 @@ func mask(a [16]byte, n int) [16]byte {
 
 func (f *family) setTop(k int, v uint32) {
 	if f.ch.log {
-		f.ch.writes = append(f.ch.writes, write{top: true, i: k, old: f.gtop[k]})
+		f.ch.writes = append(f.ch.writes, write{uint32(k) | writeTop, f.gtop[k]})
 	}
 	f.gtop[k] = v
 	f.markTop(k)
@@ -317,9 +344,9 @@ func (f *family) setTop(k int, v uint32) {
 
 func (f *family) setEntry(i int, v uint32) {
 	if f.ch.log {
-		f.ch.writes = append(f.ch.writes, write{i: i, old: f.gnodes[i]})
+		f.ch.writes = append(f.ch.writes, write{uint32(i), *f.gnodes.at(i)})
 	}
-	f.gnodes[i] = v
+	*f.gnodes.at(i) = v
 	f.mark(i / fanout)
 }
 
@@ -346,10 +373,10 @@ func (f *family) newNode(fill uint32) int {
 		f.gmeta[g] = gmeta{}
 	} else {
 		g = len(f.gmeta)
-		f.gnodes = append(f.gnodes, make([]uint32, fanout)...)
+		f.gnodes.grow(g + 1)
 		f.gmeta = append(f.gmeta, gmeta{})
 	}
-	grp := f.gnodes[g*fanout : (g+1)*fanout]
+	grp := f.gnodes.node(g)
 	for i := range grp {
 		grp[i] = fill
 	}
@@ -402,7 +429,7 @@ func (f *family) descendTop(k int) int {
 
 // descend returns the node under mirror entry i, creating it.
 func (f *family) descend(i int) int {
-	e := f.gnodes[i]
+	e := *f.gnodes.at(i)
 	if e&extBit != 0 {
 		return int(e & groupMask)
 	}
@@ -422,7 +449,7 @@ func (f *family) markPath(a *[16]byte, n int) {
 		if n <= s+stride {
 			return
 		}
-		g = int(f.gnodes[g*fanout+chunk(a, s, stride)] & groupMask)
+		g = int(*f.gnodes.at(g*fanout + chunk(a, s, stride)) & groupMask)
 	}
 }
 
@@ -449,7 +476,7 @@ func (f *family) paintNode(g, from, count int, e uint32, n int) bool {
 	changed := false
 	base := g * fanout
 	for i := base + from; i < base+from+count; i++ {
-		old := f.gnodes[i]
+		old := *f.gnodes.at(i)
 		if old&extBit != 0 {
 			if f.paintNode(int(old&groupMask), 0, fanout, e, n) {
 				changed = true
@@ -487,7 +514,7 @@ func (f *family) unpaintNode(g, from, count int, n int, parent uint32) bool {
 	changed := false
 	base := g * fanout
 	for i := base + from; i < base+from+count; i++ {
-		old := f.gnodes[i]
+		old := *f.gnodes.at(i)
 		if old&extBit != 0 {
 			if f.unpaintNode(int(old&groupMask), 0, fanout, n, parent) {
 				changed = true
@@ -539,7 +566,7 @@ func (f *family) unpaint(a [16]byte, n int) {
 		i := g*fanout + chunk(&a, s, stride)
 		path[depth] = i
 		depth++
-		g = int(f.gnodes[i] & groupMask)
+		g = int(*f.gnodes.at(i) & groupMask)
 	}
 	if !f.unpaintNode(g, chunk(&a, s, stride), 1<<(s+stride-n), n, parent) {
 		return
@@ -551,7 +578,7 @@ func (f *family) unpaint(a [16]byte, n int) {
 		if j == 0 {
 			e = f.gtop[path[0]]
 		} else {
-			e = f.gnodes[path[j]]
+			e = *f.gnodes.at(path[j])
 		}
 		g := int(e & groupMask)
 		start := f.top + stride*j
@@ -572,7 +599,7 @@ func (f *family) unpaint(a [16]byte, n int) {
 // inherited from above (painted by a prefix no longer than start), so the
 // node can be replaced by that value.
 func (f *family) uniform(g, start int) (uint32, bool) {
-	grp := f.gnodes[g*fanout : (g+1)*fanout]
+	grp := f.gnodes.node(g)
 	v := grp[0]
 	if v&extBit != 0 || depthOf(v) > start {
 		return 0, false
@@ -765,7 +792,7 @@ func (f *family) emit(g int, top bool) error {
 	nl, nc := 0, 0
 	var last uint32
 	for v := range fanout {
-		e := f.gnodes[g*fanout+v]
+		e := *f.gnodes.at(g*fanout + v)
 		r := e & resultMask
 		if e&extBit != 0 {
 			c := int(e & groupMask)
@@ -938,10 +965,10 @@ func (f *family) undo() {
 	}
 	for i := len(f.ch.writes) - 1; i >= 0; i-- {
 		w := f.ch.writes[i]
-		if w.top {
-			f.gtop[w.i] = w.old
+		if w.i&writeTop != 0 {
+			f.gtop[w.i&^writeTop] = w.old
 		} else {
-			f.gnodes[w.i] = w.old
+			*f.gnodes.at(int(w.i)) = w.old
 		}
 	}
 	for _, g := range f.ch.allocs {
@@ -994,6 +1021,10 @@ func (f *family) endChange() {
 	}
 	f.ch.writes, f.ch.allocs, f.ch.marked, f.ch.tops = f.ch.writes[:0], f.ch.allocs[:0], f.ch.marked[:0], f.ch.tops[:0]
 	f.ch.log = true
+	// A bulk load's logs are large: do not keep them for single changes.
+	if cap(f.ch.writes)+cap(f.ch.marked)+cap(f.ch.metas)+cap(f.ch.fresh)+cap(f.ch.stale) > 1<<16 {
+		f.ch = change{log: true, topDirty: f.ch.topDirty}
+	}
 }
 
 // resetMirror empties the mirror and the route set: when a load into an
@@ -1001,7 +1032,7 @@ func (f *family) endChange() {
 // are free again) and when the family is cleared.
 func (f *family) resetMirror() {
 	clear(f.gtop)
-	f.gnodes, f.gmeta, f.gfree, f.gdead, f.gused = f.gnodes[:0], f.gmeta[:0], f.gfree[:0], f.gdead[:0], 0
+	f.gmeta, f.gfree, f.gdead, f.gused = f.gmeta[:0], f.gfree[:0], f.gdead[:0], 0
 	f.routes.clear()
 	f.ch.marked = f.ch.marked[:0] // their metas are gone
 	f.endChange()

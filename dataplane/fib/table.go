@@ -462,17 +462,17 @@ func (t *Table) Load(routes []Route) error {
 	type prev struct {
 		i   int32
 		old Result
-		had bool
 	}
-	prevs := make([]prev, 0, len(order)) // what each route replaced, for the undo
+	var prevs []prev // the routes this load replaced, in order, for the undo
 	filled := make(chan struct{})
 	go func() {
 		defer close(filled)
 		for _, i := range order {
 			r := routes[i]
 			f := t.familyOf(r.Prefix)
-			old, had := f.routes.get(&keys[i], r.Prefix.Bits())
-			prevs = append(prevs, prev{i, old, had})
+			if old, had := f.routes.get(&keys[i], r.Prefix.Bits()); had {
+				prevs = append(prevs, prev{i, old})
+			}
 			f.routes.put(&keys[i], r.Prefix.Bits(), r.Result)
 		}
 	}()
@@ -489,27 +489,33 @@ func (t *Table) Load(routes []Route) error {
 		// A refused family is back as it was (mirror, emitted table,
 		// allocators); put its route set back too. The other family may
 		// have committed: take its routes out again the normal way.
-		for k := len(prevs) - 1; k >= 0; k-- {
-			p := prevs[k]
-			r := routes[p.i]
+		k := len(prevs) - 1
+		for j := len(order) - 1; j >= 0; j-- {
+			i := order[j]
+			var old Result
+			had := k >= 0 && prevs[k].i == i
+			if had {
+				old = prevs[k].old
+				k--
+			}
+			r := routes[i]
 			f := t.familyOf(r.Prefix)
 			bits := r.Prefix.Bits()
 			fi := 0
 			if f == t.v6 {
 				fi = 1
 			}
-			refused := errs[fi] != nil
 			switch {
-			case refused && wasEmpty[fi]:
+			case errs[fi] != nil && wasEmpty[fi]:
 				// emptied with its route set
-			case refused && p.had:
-				f.routes.put(&keys[p.i], bits, p.old)
-			case refused:
-				f.routes.del(&keys[p.i], bits)
-			case p.had:
-				_ = f.insert(keys[p.i], bits, p.old)
+			case errs[fi] != nil && had:
+				f.routes.put(&keys[i], bits, old)
+			case errs[fi] != nil:
+				f.routes.del(&keys[i], bits)
+			case had:
+				_ = f.insert(keys[i], bits, old)
 			default:
-				_ = f.remove(keys[p.i], bits)
+				_ = f.remove(keys[i], bits)
 			}
 		}
 		return err
