@@ -28,7 +28,7 @@
 #define FIB_MAX_ECMP 16
 #define FIB_STRIDE 6
 #define FIB_TOP4 18
-#define FIB_TOP6 16
+#define FIB_TOP6 18
 #define FIB_LEVELS4 ((32 - FIB_TOP4 + FIB_STRIDE - 1) / FIB_STRIDE)
 #define FIB_LEVELS6 ((128 - FIB_TOP6 + FIB_STRIDE - 1) / FIB_STRIDE)
 

@@ -42,7 +42,7 @@ const (
 	maxBlock = fanout + leafNodeHead
 	// Bits resolved by the top level of each family.
 	top4 = 18
-	top6 = 16
+	top6 = 18
 	// Node levels below the top, at most: 16 bits for IPv4, 112 for IPv6.
 	levels4 = (32 - top4 + stride - 1) / stride
 	levels6 = (128 - top6 + stride - 1) / stride
