@@ -74,4 +74,4 @@ func TestSyntheticSize(t *testing.T) {
 
 // realNodes6 is the number of nodes the real table's 160,147 IPv6
 // prefixes take (TestTableSize with the real table, 1024 nexthops).
-const realNodes6 = 93960
+const realNodes6 = 70282
