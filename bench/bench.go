@@ -249,6 +249,9 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 	if o.Routes != "1" && o.Routes != "full" {
 		return nil, fmt.Errorf("routes %q: use 1 or full", o.Routes)
 	}
+	if o.FullNexthops < 0 || o.FullNexthops > 1024 {
+		return nil, fmt.Errorf("full-nexthops %d: use 1 to 1024", o.FullNexthops)
+	}
 	l := o.Lab
 	if l == nil {
 		name := fmt.Sprintf("b%d", os.Getpid())

@@ -56,6 +56,8 @@ func newRouter(ctx context.Context, l *lab.Lab, o Options, progress func(string)
 	if r.full {
 		// The defaults hold a full table.
 		cfg = fib.Config{Nexthops: int(max(16, nhs+gatewayNexthop)), ECMPGroups: 4}
+	} else {
+		nhs = 1 // the lab's one route
 	}
 	var err error
 	if r.table, err = fib.New(cfg); err != nil {

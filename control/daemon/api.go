@@ -310,6 +310,7 @@ func WriteMetrics(w io.Writer, s Stats, st Status) {
 	fmt.Fprintf(w, "xdprouter_fib_nodes_capacity{family=\"4\"} %d\nxdprouter_fib_nodes_capacity{family=\"6\"} %d\n", f.Nodes4Of, f.Nodes6Of)
 	fmt.Fprintf(w, "xdprouter_fib_leaves{family=\"4\"} %d\nxdprouter_fib_leaves{family=\"6\"} %d\n", f.Leaves4, f.Leaves6)
 	fmt.Fprintf(w, "xdprouter_fib_leaves_capacity{family=\"4\"} %d\nxdprouter_fib_leaves_capacity{family=\"6\"} %d\n", f.Leaves4Of, f.Leaves6Of)
+	fmt.Fprintf(w, "xdprouter_fib_results %d\nxdprouter_fib_results_capacity %d\n", f.Results, fib.MaxResults)
 	fmt.Fprintf(w, "xdprouter_fib_nexthops %d\nxdprouter_fib_ecmp_groups %d\nxdprouter_fib_bytes %d\nxdprouter_fib_table_bytes %d\n", f.Nexthops, f.ECMPGroups, f.Bytes, f.TableBytes)
 	fmt.Fprintln(w, "# HELP xdprouter_xdp_cpu_packets_total XDP program counters per interface and CPU (per queue under the affinity plan).")
 	fmt.Fprintln(w, "# TYPE xdprouter_xdp_cpu_packets_total counter")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -146,6 +147,9 @@ func DecodeConfig(b []byte) (Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		if strings.Contains(err.Error(), "groups4") || strings.Contains(err.Error(), "groups6") {
+			err = fmt.Errorf("%w (the FIB's layout changed in 2026-12: fib.groups4/groups6 are now nodes4, leaves4, nodes6, leaves6, see docs/fib.md; the defaults hold a full table)", err)
+		}
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
 	return c.WithDefaults(), nil

@@ -448,6 +448,7 @@ func (m *Mirror) reconcile() {
 	}
 	var batch []fib.Route
 	var changes []change
+	var retry []netip.Prefix
 	n := len(m.dirty)
 	if m.all {
 		n = len(m.routes) + len(m.installed)
@@ -474,7 +475,12 @@ func (m *Mirror) reconcile() {
 			}
 		case had:
 			if err := m.table.Delete(p); err != nil {
+				// Refused (a delete copies nodes too: ErrCapacity while
+				// retired blocks wait for readers): the route is still
+				// in the FIB, with its reference; try again next round.
 				m.fail(fmt.Errorf("fib delete %s: %w", p, err))
+				retry = append(retry, p)
+				return
 			}
 			delete(m.installed, p)
 			m.stats.RoutesApplied++
@@ -482,6 +488,9 @@ func (m *Mirror) reconcile() {
 		}
 	})
 	clear(m.dirty)
+	for _, p := range retry {
+		m.dirty[p] = struct{}{}
+	}
 	m.all = false
 	if len(batch) == 0 {
 		return

@@ -204,7 +204,7 @@ func TestCapacity(t *testing.T) {
 	if !refused.IsValid() || len(loaded) < 2 {
 		t.Fatalf("loaded %d /25s before a refusal (%v): make the test's arrays fit", len(loaded), refused)
 	}
-	// A /64 under an empty top entry needs 8 nodes (bits 16-64): refused
+	// A /64 under an empty top entry needs 8 nodes (bits 18-64): refused
 	// whole, with nothing half-built.
 	if err := tb.Insert(netip.MustParsePrefix("2001:db8:1:2::/64"), nh); !errors.Is(err, ErrCapacity) {
 		t.Fatalf("deep IPv6 prefix: %v, want ErrCapacity", err)

@@ -86,7 +86,9 @@ type family struct {
 	na, la blocks
 
 	routes routeSet
-	grace  func() error
+	// grace waits for a grace period and reclaims the retired blocks of
+	// every family sharing the results.
+	grace func() error
 
 	ch change // the open change
 }
@@ -192,6 +194,7 @@ type blocks struct {
 	next    int // elements never allocated start here
 	free    [maxBlock + 1][]uint32
 	pending []blk
+	retired int      // elements in pending blocks
 	used    int      // elements in live blocks
 	taken   []uint64 // bit per element: live or pending
 }
@@ -245,6 +248,7 @@ func (b *blocks) release(at uint32, n int) {
 // retire frees a published block once a grace period has passed.
 func (b *blocks) retire(x blk) {
 	b.used -= int(x.n)
+	b.retired += int(x.n)
 	b.pending = append(b.pending, x)
 }
 
@@ -254,7 +258,7 @@ func (b *blocks) reclaim() {
 		b.take(x.at, int(x.n), false)
 		b.free[x.n] = append(b.free[x.n], x.at)
 	}
-	b.pending = b.pending[:0]
+	b.pending, b.retired = b.pending[:0], 0
 }
 
 // coalesce rebuilds the free lists from the bitmap: neighbouring free
@@ -287,7 +291,7 @@ func (b *blocks) coalesce() {
 func (b *blocks) avail() int { return b.size - b.used }
 
 func (b *blocks) reset() {
-	b.next, b.used, b.free, b.pending = 0, 0, [maxBlock + 1][]uint32{}, b.pending[:0]
+	b.next, b.used, b.retired, b.free, b.pending = 0, 0, 0, [maxBlock + 1][]uint32{}, b.pending[:0]
 	clear(b.taken)
 }
 
@@ -665,22 +669,30 @@ func (f *family) remove(a [16]byte, n int) error {
 	return nil
 }
 
-// commit emits the open change and publishes it. When the arrays are
-// full it waits for a grace period, coalesces free blocks and tries once
+// commit emits the open change and publishes it (prepare, publish).
+func (f *family) commit(grow bool) error {
+	if err := f.prepare(grow); err != nil {
+		return err
+	}
+	f.publish()
+	return nil
+}
+
+// prepare emits the open change into fresh blocks without publishing it.
+// When the arrays are full it waits for a grace period (which reclaims
+// every family's retired blocks), coalesces free blocks and tries once
 // more; if that fails too, the change is undone: the mirror, the emitted
 // table and the allocators are as they were, and it returns ErrCapacity.
 // A change that adds routes (grow) must also leave room for a later
-// delete's path copy (see reserve).
-func (f *family) commit(grow bool) error {
+// delete's path copy (see reserve). A prepared change is published or
+// aborted before the next one.
+func (f *family) prepare(grow bool) error {
 	err := f.emitChange(grow)
 	if err != nil {
 		f.unemit()
-		if len(f.na.pending) > 0 || len(f.la.pending) > 0 {
-			if gerr := f.grace(); gerr != nil {
-				f.undo()
-				return fmt.Errorf("wait for fib readers: %w", gerr)
-			}
-			f.reclaim()
+		if gerr := f.grace(); gerr != nil {
+			f.undo()
+			return fmt.Errorf("wait for fib readers: %w", gerr)
 		}
 		f.na.coalesce()
 		f.la.coalesce()
@@ -691,8 +703,13 @@ func (f *family) commit(grow bool) error {
 		f.undo()
 		return err
 	}
-	f.publish()
 	return nil
+}
+
+// abort undoes a prepared (or only painted) change.
+func (f *family) abort() {
+	f.unemit()
+	f.undo()
 }
 
 // reserve is the room a change that adds routes leaves free in an array
@@ -770,7 +787,7 @@ func (f *family) alloc(leaf, lnode bool, n int) (uint32, error) {
 	}
 	at, ok := b.alloc(n)
 	if !ok {
-		return 0, fmt.Errorf("%w: the IPv%d table's %d %s are in use", ErrCapacity, f.version(), b.size, what)
+		return 0, fmt.Errorf("%w: the IPv%d table's %d %s are in use (raise fib.%s%d in the config)", ErrCapacity, f.version(), b.size, what, what, f.version())
 	}
 	f.ch.fresh = append(f.ch.fresh, blk{at, uint8(n), leaf, lnode})
 	return at, nil
@@ -1009,6 +1026,12 @@ func (f *family) publish() {
 	}
 	f.ch.fresh, f.ch.metas, f.ch.stale = f.ch.fresh[:0], f.ch.metas[:0], f.ch.stale[:0]
 	f.endChange()
+	// Reuse retired blocks before the bump pointer has walked the whole
+	// array: live blocks then stay close together. At most one grace
+	// period per 4096 retired elements; a failed one only delays this.
+	if f.na.retired > max(f.na.size/4, 1<<12) || f.la.retired > max(f.la.size/4, 1<<12) {
+		_ = f.grace()
+	}
 }
 
 // endChange clears the dirty marks and logs of the open change.
@@ -1096,24 +1119,19 @@ func (f *family) lookup6(a *[16]byte) Result {
 	return 0
 }
 
-// lookup returns the result for an address of the family (IPv4 in the
-// first four bytes).
-func (f *family) lookup(a *[16]byte) Result {
-	if f.bits == 32 {
-		return f.lookup4(binary.BigEndian.Uint32(a[:4]))
-	}
-	return f.lookup6(a)
-}
-
 // clear empties the family: the top level first, then after a grace
 // period everything else.
 func (f *family) clear() error {
+	saved := slices.Clone(f.btop)
 	for k := range f.btop {
 		if f.btop[k] != 0 {
 			atomic.StoreUint32(&f.btop[k], 0)
 		}
 	}
 	if err := f.grace(); err != nil {
+		for k, e := range saved {
+			atomic.StoreUint32(&f.btop[k], e) // as it was: nothing else changed
+		}
 		return fmt.Errorf("wait for fib readers: %w", err)
 	}
 	// Nothing published before is reachable now: every block is free.
@@ -1393,6 +1411,11 @@ func (f *family) lookupBatch4(dst []uint32, out []Result) {
 				out[i] = f.step(e&^nodeFlag, x[i]>>(64-stride))
 				x[i] <<= stride
 				more = more || uint32(out[i])&nodeFlag != 0
+			}
+		}
+		for i := range n {
+			if uint32(out[i])&nodeFlag != 0 {
+				out[i] = 0 // deeper than the address: cannot happen
 			}
 		}
 		dst, out = dst[n:], out[n:]

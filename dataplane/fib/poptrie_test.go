@@ -3,6 +3,7 @@ package fib
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -15,7 +16,9 @@ func memFamily(v6 bool, nodes, leaves int) *family {
 	if v6 {
 		bits, top = 128, top6
 	}
-	return newFamily(bits, top, make([]uint32, 1<<top), make([]node, nodes), make([]uint16, leaves), newResults(make([]uint32, MaxResults)), func() error { return nil })
+	f := newFamily(bits, top, make([]uint32, 1<<top), make([]node, nodes), make([]uint16, leaves), newResults(make([]uint32, MaxResults)), nil)
+	f.grace = func() error { f.reclaim(); return nil } // no readers here
+	return f
 }
 
 func key(p netip.Prefix) [16]byte {
@@ -69,6 +72,7 @@ func TestFamilyDifferential(t *testing.T) {
 				}
 				addrs := probes(rng, ps, v6, 2000)
 				checkFamily(t, f, ref, addrs, "after inserts")
+				checkBlocks(t, f, "after inserts")
 				rng.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
 				for i, p := range ps {
 					switch {
@@ -86,6 +90,7 @@ func TestFamilyDifferential(t *testing.T) {
 					}
 				}
 				checkFamily(t, f, ref, addrs, "after replaces and deletes")
+				checkBlocks(t, f, "after replaces and deletes")
 				for p := range ref {
 					if err := f.remove(key(p), p.Bits()); err != nil {
 						t.Fatal(err)
@@ -126,6 +131,7 @@ func TestFamilyRefused(t *testing.T) {
 					if after := [4]int{f.gused, f.na.used, f.la.used, f.routes.n}; after != before {
 						t.Fatalf("refused insert of %s changed mirror/nodes/leaves/routes %v -> %v", p, before, after)
 					}
+					checkBlocks(t, f, "after a refused insert of "+p.String())
 					continue
 				}
 				if err != nil {
@@ -145,6 +151,7 @@ func TestFamilyRefused(t *testing.T) {
 						} else {
 							delete(ref, q)
 						}
+						checkBlocks(t, f, "after a delete of "+q.String())
 					}
 				}
 			}
@@ -158,5 +165,69 @@ func TestFamilyRefused(t *testing.T) {
 				t.Errorf("route set holds %d routes, oracle %d", n, len(ref))
 			}
 		})
+	}
+}
+
+// checkBlocks checks the allocators and result references against what
+// is reachable from the top level: every reachable element is live and
+// taken, the live counts match, and each result index is referenced once
+// per leaf in a live or retired block.
+func checkBlocks(t *testing.T, f *family, when string) {
+	t.Helper()
+	nodes, leaves := 0, 0
+	refs := make([]uint32, len(f.res.refs))
+	countLeaves := func(from, to uint32) {
+		for i := from; i < to; i++ {
+			refs[f.leaves[i]]++
+		}
+	}
+	taken := func(b *blocks, at uint32, n int, what string) {
+		for i := int(at); i < int(at)+n; i++ {
+			if b.taken[i/64]&(1<<(i%64)) == 0 {
+				t.Fatalf("%s: reachable %s element %d is not taken", when, what, i)
+			}
+		}
+	}
+	var walk func(i uint32)
+	walk = func(i uint32) {
+		n := f.nodes[i]
+		nc, nl := bits.OnesCount64(n.vector), bits.OnesCount64(n.leafvec)
+		nodes += nc
+		leaves += nl
+		taken(&f.na, n.base1, nc, "node")
+		taken(&f.la, n.base0, nl, "leaf")
+		countLeaves(n.base0, n.base0+uint32(nl))
+		for c := range uint32(nc) {
+			walk(n.base1 + c)
+		}
+	}
+	for _, e := range f.btop {
+		switch {
+		case e&leafFlag != 0:
+			at := e &^ leafFlag
+			nl := bits.OnesCount64(f.leafVec(at))
+			leaves += nl + leafNodeHead
+			taken(&f.la, at, nl+leafNodeHead, "leaf")
+			countLeaves(at+leafNodeHead, at+leafNodeHead+uint32(nl))
+		case e&nodeFlag != 0:
+			nodes++
+			taken(&f.na, e&^nodeFlag, 1, "node")
+			walk(e &^ nodeFlag)
+		}
+	}
+	if nodes != f.na.used || leaves != f.la.used {
+		t.Fatalf("%s: %d nodes and %d leaves reachable, allocators count %d and %d", when, nodes, leaves, f.na.used, f.la.used)
+	}
+	for _, x := range f.la.pending {
+		from := x.at
+		if x.lnode {
+			from += leafNodeHead
+		}
+		countLeaves(from, x.at+uint32(x.n))
+	}
+	for i := 1; i < len(refs); i++ {
+		if refs[i] != f.res.refs[i] {
+			t.Fatalf("%s: result index %d referenced by %d leaves, counted %d", when, i, refs[i], f.res.refs[i])
+		}
 	}
 }

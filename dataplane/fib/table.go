@@ -1,5 +1,5 @@
 // Package fib is xdprouter's forwarding table: longest-prefix match for
-// IPv4 and IPv6 (a 2^16-entry top level, then Poptrie nodes of 6 bits with
+// IPv4 and IPv6 (a 2^18-entry top level, then Poptrie nodes of 6 bits with
 // leaf compression, see poptrie.go: a full Internet table takes a few MiB
 // and stays in cache), nexthops and ECMP groups. Everything the data plane
 // reads lives in BPF array maps created with BPF_F_MMAPABLE and written by
@@ -269,7 +269,7 @@ func (t *Table) family(name string, bits, top, nodes, leaves int) (*family, *ebp
 	}
 	ns := unsafe.Slice((*node)(unsafe.Pointer(&mem[0])), nodes)
 	ls := unsafe.Slice((*uint16)(unsafe.Pointer(&lm.words[0])), leaves)
-	return newFamily(bits, top, tm.words, ns, ls, t.res, t.grace), tm.m, nm, lm.m, nil
+	return newFamily(bits, top, tm.words, ns, ls, t.res, t.reclaim), tm.m, nm, lm.m, nil
 }
 
 // rows creates an mmapable array of n 1 KiB rows and maps it.
@@ -379,6 +379,18 @@ func (t *Table) grace() error {
 	return nil
 }
 
+// reclaim waits for a grace period and then makes every family's retired
+// blocks reusable (they share the results, so one family's retired leaves
+// can hold the other's indices).
+func (t *Table) reclaim() error {
+	if err := t.grace(); err != nil {
+		return err
+	}
+	t.v4.reclaim()
+	t.v6.reclaim()
+	return nil
+}
+
 // Route is a prefix and what it resolves to.
 type Route struct {
 	Prefix netip.Prefix
@@ -417,7 +429,10 @@ func (t *Table) Insert(p netip.Prefix, r Result) error {
 }
 
 // Delete removes a route; the addresses it covered fall back to the next
-// shorter prefix.
+// shorter prefix. Like an insert it writes new nodes before the old ones
+// are freed, so it can be refused with ErrCapacity (the table unchanged):
+// a short prefix (a default route) shows through most of the table and
+// needs room for all of it again.
 func (t *Table) Delete(p netip.Prefix) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -481,50 +496,46 @@ func (t *Table) Load(routes []Route) error {
 		t.familyOf(r.Prefix).paint(keys[i], r.Prefix.Bits(), r.Result)
 	}
 	<-filled
-	var errs []error
-	for _, f := range []*family{t.v4, t.v6} {
-		errs = append(errs, f.commit(true))
+	// Both families are emitted before either is published: a load that
+	// does not fit is never seen by readers, not even in part.
+	err = t.v4.prepare(true)
+	if err == nil {
+		if err = t.v6.prepare(true); err != nil {
+			t.v4.abort()
+		}
+	} else {
+		t.v6.abort() // painted only
 	}
-	if err := errors.Join(errs...); err != nil {
-		// A refused family is back as it was (mirror, emitted table,
-		// allocators); put its route set back too. The other family may
-		// have committed: take its routes out again the normal way.
+	if err != nil {
+		// Both families are back as they were (mirror, emitted table,
+		// allocators); put the route sets back too.
 		k := len(prevs) - 1
 		for j := len(order) - 1; j >= 0; j-- {
 			i := order[j]
-			var old Result
 			had := k >= 0 && prevs[k].i == i
-			if had {
-				old = prevs[k].old
-				k--
-			}
 			r := routes[i]
 			f := t.familyOf(r.Prefix)
-			bits := r.Prefix.Bits()
-			fi := 0
-			if f == t.v6 {
-				fi = 1
-			}
 			switch {
-			case errs[fi] != nil && wasEmpty[fi]:
+			case f == t.v4 && wasEmpty[0] || f == t.v6 && wasEmpty[1]:
 				// emptied with its route set
-			case errs[fi] != nil && had:
-				f.routes.put(&keys[i], bits, old)
-			case errs[fi] != nil:
-				f.routes.del(&keys[i], bits)
 			case had:
-				_ = f.insert(keys[i], bits, old)
+				f.routes.put(&keys[i], r.Prefix.Bits(), prevs[k].old)
 			default:
-				_ = f.remove(keys[i], bits)
+				f.routes.del(&keys[i], r.Prefix.Bits())
+			}
+			if had {
+				k--
 			}
 		}
-		return err
+		return fmt.Errorf("load %d routes: %w", len(routes), err)
 	}
+	t.v4.publish()
+	t.v6.publish()
 	return nil
 }
 
-// loadOrder sorts route indices by prefix length, then by the first-level
-// row the prefix lands in (counting sorts: no comparisons), keeping input
+// loadOrder sorts route indices by prefix length, then by the prefix's
+// top 16 bits (the neighbourhood it lands in) (counting sorts: no comparisons), keeping input
 // order among equals so that later duplicates still win.
 func loadOrder(routes []Route) ([]int32, error) {
 	var byLen [129][]int32
