@@ -272,19 +272,19 @@ func Run(ctx context.Context, o Options, progress func(string)) (*Report, error)
 		return nil, err
 	}
 	defer rt.close()
-	g, err := gen.New(gen.Config{
-		Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: dst, Size: o.Size,
-		Rate: o.Rate, Duration: o.Duration, CPUs: o.GenCPUs,
-	})
+	newGen := func(dst netip.Prefix) (*gen.Generator, error) {
+		return gen.New(gen.Config{
+			Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: dst, Size: o.Size,
+			Rate: o.Rate, Duration: o.Duration, CPUs: o.GenCPUs,
+		})
+	}
+	g, err := newGen(dst)
 	if err != nil {
 		return nil, err
 	}
 	defer g.Close()
 	if o.Hot {
-		hot, err := gen.New(gen.Config{
-			Namespace: l.GenNS, Links: gen.LabLinks(l), Src: src, Dst: hotDst, Size: o.Size,
-			Rate: o.Rate, Duration: o.Duration, CPUs: o.GenCPUs,
-		})
+		hot, err := newGen(hotDst)
 		if err != nil {
 			return nil, err
 		}

@@ -406,7 +406,7 @@ func (f *family) paint(a [16]byte, n int, r Result) {
 	e := entryOf(r, n)
 	if n <= f.top {
 		from := chunk(&a, 0, f.top)
-		f.paintTop(from, 1<<(f.top-n), e, n)
+		f.paintTop(from, 1<<(f.top-n), stroke{e: e, n: n})
 		return
 	}
 	k := chunk(&a, 0, f.top)
@@ -415,7 +415,7 @@ func (f *family) paint(a [16]byte, n int, r Result) {
 		g = f.descend(g*fanout + chunk(&a, s, stride))
 	}
 	s, _ := f.level(n)
-	if f.paintNode(g, chunk(&a, s, stride), 1<<(s+stride-n), e, n) {
+	if f.paintNode(g, chunk(&a, s, stride), 1<<(s+stride-n), stroke{e: e, n: n}) {
 		f.markPath(&a, n)
 	}
 }
@@ -457,76 +457,52 @@ func (f *family) markPath(a *[16]byte, n int) {
 	}
 }
 
+// stroke is what painting writes: e over the entries a prefix of length
+// n may own, those of depth n or less for an insert (longer prefixes keep
+// theirs) and exactly n for a delete (e is then the parent's entry).
+type stroke struct {
+	e   uint32
+	n   int
+	del bool
+}
+
+func (s stroke) over(old uint32) bool {
+	d := depthOf(old)
+	return old != s.e && (d == s.n || !s.del && d < s.n)
+}
+
 // paintTop paints top entries [from, from+count) and what lies below them.
-func (f *family) paintTop(from, count int, e uint32, n int) {
+func (f *family) paintTop(from, count int, s stroke) {
 	for k := from; k < from+count; k++ {
 		old := f.gtop[k]
 		if old&extBit != 0 {
-			if f.paintNode(int(old&groupMask), 0, fanout, e, n) {
+			if f.paintNode(int(old&groupMask), 0, fanout, s) {
 				f.markTop(k)
 			}
 			continue
 		}
-		if depthOf(old) <= n && old != e {
-			f.setTop(k, e)
+		if s.over(old) {
+			f.setTop(k, s.e)
 		}
 	}
 }
 
-// paintNode writes e over every entry of node g in [from, from+count),
-// and below them, that a prefix no longer than n painted. It reports
-// whether anything changed (the node is then marked dirty).
-func (f *family) paintNode(g, from, count int, e uint32, n int) bool {
+// paintNode paints the entries of node g in [from, from+count), and
+// below them. It reports whether anything changed (the node is then
+// marked dirty).
+func (f *family) paintNode(g, from, count int, s stroke) bool {
 	changed := false
 	base := g * fanout
 	for i := base + from; i < base+from+count; i++ {
 		old := *f.gnodes.at(i)
 		if old&extBit != 0 {
-			if f.paintNode(int(old&groupMask), 0, fanout, e, n) {
+			if f.paintNode(int(old&groupMask), 0, fanout, s) {
 				changed = true
 			}
 			continue
 		}
-		if depthOf(old) <= n && old != e {
-			f.setEntry(i, e)
-			changed = true
-		}
-	}
-	if changed {
-		f.mark(g)
-	}
-	return changed
-}
-
-// unpaintTop and unpaintNode replace every entry a/n painted with parent.
-func (f *family) unpaintTop(from, count int, n int, parent uint32) {
-	for k := from; k < from+count; k++ {
-		old := f.gtop[k]
-		if old&extBit != 0 {
-			if f.unpaintNode(int(old&groupMask), 0, fanout, n, parent) {
-				f.markTop(k)
-			}
-			continue
-		}
-		if depthOf(old) == n && old != parent {
-			f.setTop(k, parent)
-		}
-	}
-}
-
-func (f *family) unpaintNode(g, from, count int, n int, parent uint32) bool {
-	changed := false
-	base := g * fanout
-	for i := base + from; i < base+from+count; i++ {
-		old := *f.gnodes.at(i)
-		if old&extBit != 0 {
-			if f.unpaintNode(int(old&groupMask), 0, fanout, n, parent) {
-				changed = true
-			}
-			continue
-		}
-		if depthOf(old) == n && old != parent {
-			f.setEntry(i, parent)
+		if s.over(old) {
+			f.setEntry(i, s.e)
 			changed = true
 		}
 	}
@@ -556,7 +532,7 @@ func (f *family) parent(a [16]byte, n int) uint32 {
 func (f *family) unpaint(a [16]byte, n int) {
 	parent := f.parent(a, n)
 	if n <= f.top {
-		f.unpaintTop(chunk(&a, 0, f.top), 1<<(f.top-n), n, parent)
+		f.paintTop(chunk(&a, 0, f.top), 1<<(f.top-n), stroke{parent, n, true})
 		return
 	}
 	// The path: top entry, then the mirror entries pointing at each node.
@@ -572,7 +548,7 @@ func (f *family) unpaint(a [16]byte, n int) {
 		depth++
 		g = int(*f.gnodes.at(i) & groupMask)
 	}
-	if !f.unpaintNode(g, chunk(&a, s, stride), 1<<(s+stride-n), n, parent) {
+	if !f.paintNode(g, chunk(&a, s, stride), 1<<(s+stride-n), stroke{parent, n, true}) {
 		return
 	}
 	f.markPath(&a, n)
