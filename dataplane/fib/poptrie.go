@@ -1365,34 +1365,16 @@ const batch = 64
 func (f *family) lookupBatch4(dst []uint32, out []Result) {
 	for len(dst) > 0 {
 		n := min(len(dst), batch)
-		var x [batch]uint64
+		var hi, lo [batch]uint64
 		more := false
 		for i, a := range dst[:n] {
 			e := atomic.LoadUint32(&f.btop[a>>(32-top4)])
 			out[i] = Result(e)
-			x[i] = uint64(a) << (32 + top4)
+			hi[i] = uint64(a) << (32 + top4)
 			more = more || e&(nodeFlag|leafFlag) != 0
 		}
-		for l := 0; more && l < levels4; l++ {
-			more = false
-			for i := range n {
-				e := uint32(out[i])
-				switch {
-				case e&leafFlag != 0 && l == 0:
-					out[i] = f.leafNode(e&^leafFlag, x[i]>>(64-stride))
-					continue
-				case e&nodeFlag == 0:
-					continue
-				}
-				out[i] = f.step(e&^nodeFlag, x[i]>>(64-stride))
-				x[i] <<= stride
-				more = more || uint32(out[i])&nodeFlag != 0
-			}
-		}
-		for i := range n {
-			if uint32(out[i])&nodeFlag != 0 {
-				out[i] = 0 // deeper than the address: cannot happen
-			}
+		if more {
+			f.descendBatch(out[:n], &hi, &lo, levels4)
 		}
 		dst, out = dst[n:], out[n:]
 	}
@@ -1411,28 +1393,38 @@ func (f *family) lookupBatch6(dst [][16]byte, out []Result) {
 			hi[i], lo[i] = h<<top6|l>>(64-top6), l<<top6
 			more = more || e&(nodeFlag|leafFlag) != 0
 		}
-		for l := 0; more && l < levels6; l++ {
-			more = false
-			for i := range n {
-				e := uint32(out[i])
-				switch {
-				case e&leafFlag != 0 && l == 0:
-					out[i] = f.leafNode(e&^leafFlag, hi[i]>>(64-stride))
-					continue
-				case e&nodeFlag == 0:
-					continue
-				}
-				out[i] = f.step(e&^nodeFlag, hi[i]>>(64-stride))
-				hi[i], lo[i] = hi[i]<<stride|lo[i]>>(64-stride), lo[i]<<stride
-				more = more || uint32(out[i])&nodeFlag != 0
-			}
-		}
-		for i := range n {
-			if uint32(out[i])&nodeFlag != 0 {
-				out[i] = 0 // deeper than the address: cannot happen
-			}
+		if more {
+			f.descendBatch(out[:n], &hi, &lo, levels6)
 		}
 		dst, out = dst[n:], out[n:]
+	}
+}
+
+// descendBatch takes a batch from its top entries (in out) down the
+// nodes, one level for every address at a time; hi and lo hold each
+// address's remaining bits, most significant first.
+func (f *family) descendBatch(out []Result, hi, lo *[batch]uint64, levels int) {
+	more := true
+	for l := 0; more && l < levels; l++ {
+		more = false
+		for i := range out {
+			e := uint32(out[i])
+			switch {
+			case e&leafFlag != 0 && l == 0:
+				out[i] = f.leafNode(e&^leafFlag, hi[i]>>(64-stride))
+				continue
+			case e&nodeFlag == 0:
+				continue
+			}
+			out[i] = f.step(e&^nodeFlag, hi[i]>>(64-stride))
+			hi[i], lo[i] = hi[i]<<stride|lo[i]>>(64-stride), lo[i]<<stride
+			more = more || uint32(out[i])&nodeFlag != 0
+		}
+	}
+	for i := range out {
+		if uint32(out[i])&nodeFlag != 0 {
+			out[i] = 0 // deeper than the address: cannot happen
+		}
 	}
 }
 
